@@ -1,0 +1,347 @@
+//! The agent: the same binary, started over SSH on the server as `dropship agent`.
+//!
+//! It reads one [`Request`] from stdin, does all the work on the server (lock,
+//! receive, verify, switch, prune) and reports [`Event`]s on stdout. It knows
+//! nothing about GitHub or SSH: only the protocol and the store.
+
+mod idle;
+mod receive;
+mod store;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ExitStatus, Result};
+use crate::manifest;
+use crate::protocol::{
+    self, Command, DeployRequest, Event, Failure, FailureKind, PROTOCOL_VERSION, Request,
+    RollbackRequest, Target,
+};
+use idle::IdleReader;
+pub use store::Store;
+
+/// The longest request line accepted (a manifest of a few hundred thousand files).
+const MAX_LINE: u64 = 256 << 20;
+
+/// Silence allowed before the request arrives.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs the agent on this process's stdin and stdout; returns the exit status.
+pub fn run() -> ExitStatus {
+    let mut session = Session {
+        input: BufReader::with_capacity(256 * 1024, IdleReader::stdin(FIRST_REQUEST_TIMEOUT)),
+        output: std::io::stdout().lock(),
+    };
+    match session.serve() {
+        Ok(()) => ExitStatus::Done,
+        Err(err) => {
+            let status = err.exit_status();
+            let _ = session.emit(&Event::Failed(err.to_failure()));
+            status
+        }
+    }
+}
+
+struct Session<W: Write> {
+    input: BufReader<IdleReader>,
+    output: W,
+}
+
+impl<W: Write> Session<W> {
+    fn emit(&mut self, event: &Event) -> Result<()> {
+        let line = serde_json::to_string(event).unwrap_or_default();
+        writeln!(self.output, "{line}")
+            .and_then(|()| self.output.flush())
+            .map_err(|err| failed(format!("cannot write to the client: {err}")))
+    }
+
+    /// Reads one JSON line; `None` when the client closed the stream.
+    fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        let mut line = Vec::new();
+        Read::take(&mut self.input, MAX_LINE)
+            .read_until(b'\n', &mut line)
+            .map_err(|err| failed(format!("cannot read from the client: {err}")))?;
+        if line.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&line)
+            .map(Some)
+            .map_err(|err| bad_input(format!("malformed message from the client: {err}")))
+    }
+
+    fn serve(&mut self) -> Result<()> {
+        self.emit(&Event::Hello {
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol: PROTOCOL_VERSION,
+        })?;
+        let Some(request) = self.read::<Request>()? else {
+            return Ok(());
+        };
+        match request {
+            Request::Deploy(request) => self.deploy(&request),
+            Request::Rollback(request) => self.rollback(&request),
+            Request::Releases(target) => self.releases(&target),
+        }
+    }
+
+    fn open(&mut self, target: &Target) -> Result<Store> {
+        if target.protocol != PROTOCOL_VERSION {
+            return Err(bad_input(format!(
+                "the client speaks protocol {}, this agent {PROTOCOL_VERSION}",
+                target.protocol
+            )));
+        }
+        Store::new(&target.root)
+    }
+
+    fn lock(&mut self, store: &Store, target: &Target, what: &str) -> Result<store::Lock> {
+        store.create_layout()?;
+        let timeout = Duration::from_secs(target.lock_timeout_secs);
+        let holder = format!("{} ({what})", target.by);
+        store.lock(timeout, &holder, |holder, waited| {
+            self.emit(&Event::Waiting {
+                holder: holder.to_owned(),
+                waited_secs: waited.as_secs(),
+            })
+        })
+    }
+
+    fn deploy(&mut self, request: &DeployRequest) -> Result<()> {
+        let store = self.open(&request.target)?;
+        check_deploy_request(request)?;
+        if request.target.dry_run {
+            return self.plan(&store, request);
+        }
+        let _lock = self.lock(
+            &store,
+            &request.target,
+            &format!("deploying {}", request.release),
+        )?;
+        store.remove_stale_staging()?;
+        if store.has_release(&request.release) {
+            return Err(bad_input(format!("release `{}` already exists on this host", request.release))
+                .with_hint("deploy with another `release` id, or roll back to it with `dropship rollback --to`"));
+        }
+        check_free_space(&store, request.manifest.total_bytes())?;
+        self.emit(&Event::Ready {
+            free_bytes: store.free_bytes(),
+            live: store.live(),
+        })?;
+        self.input
+            .get_mut()
+            .set_timeout(Duration::from_secs(request.idle_timeout_secs));
+        let staging = store.staging_dir(&request.release);
+        if let Err(err) = self.stage(&store, request, &staging) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(err);
+        }
+        self.activate(&store, request)
+    }
+
+    fn stage(&mut self, store: &Store, request: &DeployRequest, staging: &Path) -> Result<()> {
+        let received = receive::receive(&mut self.input, &request.manifest, staging)?;
+        store.link_shared(staging, &request.shared)?;
+        store::sync_filesystem(staging)?;
+        let dest =
+            store.commit_staging(staging, &request.release, received.files, received.bytes)?;
+        self.emit(&Event::Staged {
+            files: received.files,
+            bytes: received.bytes,
+            path: dest.display().to_string(),
+        })
+    }
+
+    /// Switches on `activate`, keeps on `commit`; anything else (revert, end of
+    /// input, silence) puts back what was live and removes the new release.
+    fn activate(&mut self, store: &Store, request: &DeployRequest) -> Result<()> {
+        let previous = store.live();
+        let by = &request.target.by;
+        if self.read::<Command>().ok().flatten() != Some(Command::Activate) {
+            store.discard(&request.release)?;
+            return Err(failed(
+                "the client withdrew before activation; the release was discarded".into(),
+            ));
+        }
+        store.switch(&request.release)?;
+        self.emit(&Event::Activated {
+            release: request.release.clone(),
+            previous: previous.clone(),
+        })?;
+        if self.read::<Command>().ok().flatten() != Some(Command::Commit) {
+            match &previous {
+                Some(previous) => store.switch(previous)?,
+                None => store.unset_live()?,
+            }
+            store.discard(&request.release)?;
+            store.log("revert", previous.as_deref(), Some(&request.release), by)?;
+            self.emit(&Event::Reverted { live: previous })?;
+            return Ok(());
+        }
+        store.log("deploy", Some(&request.release), previous.as_deref(), by)?;
+        let pruned = store.prune(
+            request.keep_releases,
+            &[previous, Some(request.release.clone())],
+        )?;
+        self.done(pruned)
+    }
+
+    fn plan(&mut self, store: &Store, request: &DeployRequest) -> Result<()> {
+        let live = store.live();
+        let mut releases = store.releases()?;
+        releases.push(protocol::ReleaseInfo {
+            release: request.release.clone(),
+            created: u64::MAX,
+            files: 0,
+            bytes: 0,
+            live: false,
+        });
+        let would_prune = store::prunable(
+            &releases,
+            request.keep_releases,
+            std::slice::from_ref(&live),
+        );
+        self.emit(&Event::Plan {
+            live,
+            would_prune,
+            free_bytes: store.free_bytes(),
+        })?;
+        self.done(Vec::new())
+    }
+
+    fn rollback(&mut self, request: &RollbackRequest) -> Result<()> {
+        let store = self.open(&request.target)?;
+        if let Some(to) = &request.to {
+            protocol::check_release_id(to).map_err(bad_input)?;
+        }
+        let _lock = if request.target.dry_run {
+            None
+        } else {
+            Some(self.lock(&store, &request.target, "rolling back")?)
+        };
+        let live = store.live();
+        let releases = store.releases()?;
+        let to = match &request.to {
+            Some(to) if releases.iter().any(|r| &r.release == to) => to.clone(),
+            Some(to) => {
+                let known: Vec<_> = releases.iter().map(|r| r.release.as_str()).collect();
+                return Err(bad_input(format!(
+                    "release `{to}` does not exist on this host (it has: {})",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+                .with_hint("pick one from `dropship releases`"));
+            }
+            None => {
+                let live_at = releases
+                    .iter()
+                    .position(|r| r.live)
+                    .unwrap_or(releases.len());
+                match live_at.checked_sub(1).and_then(|i| releases.get(i)) {
+                    Some(info) => info.release.clone(),
+                    None => {
+                        return Err(bad_input(
+                            "there is no earlier release to roll back to".into(),
+                        )
+                        .with_hint("`dropship releases` lists what the host has"));
+                    }
+                }
+            }
+        };
+        if request.target.dry_run {
+            self.emit(&Event::Plan {
+                live,
+                would_prune: Vec::new(),
+                free_bytes: store.free_bytes(),
+            })?;
+            return self.done(Vec::new());
+        }
+        store.switch(&to)?;
+        store.log("rollback", Some(&to), live.as_deref(), &request.target.by)?;
+        self.emit(&Event::Activated {
+            release: to,
+            previous: live,
+        })?;
+        self.done(Vec::new())
+    }
+
+    fn releases(&mut self, target: &Target) -> Result<()> {
+        let store = self.open(target)?;
+        let releases = store.releases()?;
+        self.emit(&Event::Releases { releases })?;
+        self.done(Vec::new())
+    }
+
+    fn done(&mut self, pruned: Vec<String>) -> Result<()> {
+        self.emit(&Event::Done {
+            pruned,
+            peak_rss_bytes: peak_rss_bytes(),
+        })
+    }
+}
+
+fn check_deploy_request(request: &DeployRequest) -> Result<()> {
+    protocol::check_release_id(&request.release).map_err(bad_input)?;
+    request
+        .manifest
+        .validate()
+        .map_err(|problem| bad_input(format!("refused the manifest: {problem}")))?;
+    for path in &request.shared {
+        manifest::check_relative_path(path.trim_end_matches('/'))
+            .map_err(|problem| bad_input(format!("shared path: {problem}")))?;
+    }
+    Ok(())
+}
+
+fn check_free_space(store: &Store, release_bytes: u64) -> Result<()> {
+    // Room for the files, their directories and inodes, and a margin for the system.
+    let needed = release_bytes + release_bytes / 10 + (16 << 20);
+    let free = store.free_bytes();
+    if free < needed {
+        return Err(failed(format!(
+            "not enough disk space: the release needs about {} MB, {} MB are free",
+            needed >> 20,
+            free >> 20
+        ))
+        .with_hint("free some space on the server or lower `keep-releases`; nothing was changed"));
+    }
+    Ok(())
+}
+
+/// The agent's own peak resident memory (`VmHWM`: per process image, unlike
+/// `getrusage`, which also counts the parent's memory before `exec`).
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn bad_input(message: String) -> Error {
+    Error::Agent(Failure::new(FailureKind::BadInput, message, None))
+}
+
+fn failed(message: String) -> Error {
+    Error::Agent(Failure::new(FailureKind::Failed, message, None))
+}
+
+impl Error {
+    /// Adds a hint to an agent failure.
+    fn with_hint(self, hint: &str) -> Error {
+        match self {
+            Error::Agent(mut failure) => {
+                failure.hint = Some(hint.into());
+                Error::Agent(failure)
+            }
+            other => other,
+        }
+    }
+}

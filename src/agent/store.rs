@@ -1,0 +1,484 @@
+//! The on-disk layout under `remote-path`, and the only code that changes it.
+//!
+//! ```text
+//! releases/<id>/        complete releases; never changed after they went live
+//! shared/               paths kept across releases (`.env`, uploads, ...)
+//! current -> releases/<id>   switched by an atomic rename
+//! .dropship/lock        the deploy lock (flock; released by the kernel if a deploy dies)
+//! .dropship/meta/<id>.json   when each release arrived, its size
+//! .dropship/staging/    releases being received; stale ones are removed under the lock
+//! .dropship/releases.log     one JSON line per deploy, rollback and revert
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::protocol::{Failure, FailureKind, ReleaseInfo};
+
+/// The deploy directory of one app on one host.
+pub struct Store {
+    root: PathBuf,
+}
+
+/// What is recorded about each release beside it.
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    created: u64,
+    files: u64,
+    bytes: u64,
+}
+
+/// A held deploy lock; dropping it (or the process dying) releases it.
+pub struct Lock {
+    _file: File,
+}
+
+fn io_failure(action: &str, path: &Path, err: &io::Error) -> Error {
+    let hint = match err.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => Some(
+            "make `remote-path` writable by the deploy user (e.g. `sudo chown -R deploy: /srv/app`)",
+        ),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            Some("free some disk space on the server, or lower `keep-releases`")
+        }
+        _ => None,
+    };
+    Error::Agent(Failure::new(
+        FailureKind::Failed,
+        format!("cannot {action} `{}`: {err}", path.display()),
+        hint,
+    ))
+}
+
+/// Wraps an I/O result with what was being done to which path.
+pub trait Context<T> {
+    /// Names the action and the path in the error.
+    fn at(self, action: &str, path: &Path) -> Result<T>;
+}
+
+impl<T> Context<T> for io::Result<T> {
+    fn at(self, action: &str, path: &Path) -> Result<T> {
+        self.map_err(|err| io_failure(action, path, &err))
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Store {
+    /// The store under `root`, which must be an absolute path.
+    pub fn new(root: &str) -> Result<Store> {
+        crate::protocol::check_remote_path(root).map_err(|problem| {
+            Error::Agent(Failure::new(
+                FailureKind::BadInput,
+                problem,
+                Some("use an absolute path of its own, e.g. `/srv/myapp` or `/home/deploy/myapp`"),
+            ))
+        })?;
+        Ok(Store {
+            root: PathBuf::from(root),
+        })
+    }
+
+    /// `releases/<id>`.
+    pub fn release_dir(&self, release: &str) -> PathBuf {
+        self.root.join("releases").join(release)
+    }
+
+    fn dot(&self) -> PathBuf {
+        self.root.join(".dropship")
+    }
+
+    fn meta_path(&self, release: &str) -> PathBuf {
+        self.dot().join("meta").join(format!("{release}.json"))
+    }
+
+    /// A fresh staging directory for `release`, removed again if the deploy fails.
+    pub fn staging_dir(&self, release: &str) -> PathBuf {
+        self.dot()
+            .join("staging")
+            .join(format!("{release}.{}", std::process::id()))
+    }
+
+    /// Creates the directories a deploy needs.
+    pub fn create_layout(&self) -> Result<()> {
+        for dir in [
+            self.root.join("releases"),
+            self.root.join("shared"),
+            self.dot().join("meta"),
+            self.dot().join("staging"),
+        ] {
+            fs::create_dir_all(&dir).at("create", &dir)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the deploy lock of this `remote-path`, waiting up to `timeout`.
+    ///
+    /// The lock is an `flock` on `.dropship/lock`: the kernel releases it when its
+    /// holder exits, so a deploy that died never blocks the next one. `on_wait` is
+    /// called every few seconds with the holder's description and the time waited.
+    pub fn lock(
+        &self,
+        timeout: Duration,
+        holder: &str,
+        mut on_wait: impl FnMut(&str, Duration) -> Result<()>,
+    ) -> Result<Lock> {
+        fs::create_dir_all(self.dot()).at("create", &self.dot())?;
+        let path = self.dot().join("lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .at("open", &path)?;
+        let started = Instant::now();
+        let mut last_report: Option<Instant> = None;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(err)) => return Err(io_failure("lock", &path, &err)),
+            }
+            let waited = started.elapsed();
+            let current_holder = read_holder(&mut file);
+            if waited >= timeout {
+                return Err(Error::Agent(Failure::new(
+                    FailureKind::Locked,
+                    format!(
+                        "another deploy holds the lock of {} ({current_holder}); waited {} s",
+                        self.root.display(),
+                        waited.as_secs()
+                    ),
+                    Some(
+                        "wait for it to finish, or raise `lock-timeout`; a lock is released automatically when its deploy exits",
+                    ),
+                )));
+            }
+            if last_report.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                on_wait(&current_holder, waited)?;
+                last_report = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        file.set_len(0).at("write", &path)?;
+        file.rewind().at("write", &path)?;
+        writeln!(
+            file,
+            "{holder} (pid {}, since {})",
+            std::process::id(),
+            now_secs()
+        )
+        .at("write", &path)?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Removes staging directories left by deploys that died. Call with the lock held.
+    pub fn remove_stale_staging(&self) -> Result<()> {
+        let staging = self.dot().join("staging");
+        let Ok(entries) = fs::read_dir(&staging) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            fs::remove_dir_all(&path).at("remove", &path)?;
+        }
+        Ok(())
+    }
+
+    /// The release `current` points at, if any.
+    pub fn live(&self) -> Option<String> {
+        let target = fs::read_link(self.root.join("current")).ok()?;
+        let name = target.file_name()?.to_str()?.to_owned();
+        Some(name)
+    }
+
+    /// Whether `releases/<id>` exists.
+    pub fn has_release(&self, release: &str) -> bool {
+        self.release_dir(release).is_dir()
+    }
+
+    /// Every release directory, oldest first (by arrival, then by id).
+    pub fn releases(&self) -> Result<Vec<ReleaseInfo>> {
+        let dir = self.root.join("releases");
+        let live = self.live();
+        let mut list = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(list),
+            Err(err) => return Err(io_failure("list", &dir, &err)),
+        };
+        for entry in entries.flatten() {
+            let Some(release) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !entry.path().is_dir() {
+                continue;
+            }
+            let meta = self.read_meta(&release, &entry.path());
+            list.push(ReleaseInfo {
+                live: live.as_deref() == Some(release.as_str()),
+                release,
+                created: meta.created,
+                files: meta.files,
+                bytes: meta.bytes,
+            });
+        }
+        list.sort_by(|a, b| (a.created, &a.release).cmp(&(b.created, &b.release)));
+        Ok(list)
+    }
+
+    fn read_meta(&self, release: &str, dir: &Path) -> Meta {
+        fs::read(self.meta_path(release))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_else(|| Meta {
+                created: fs::metadata(dir)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs()),
+                files: 0,
+                bytes: 0,
+            })
+    }
+
+    /// Moves a fully written, synced staging directory to `releases/<id>`.
+    pub fn commit_staging(
+        &self,
+        staging: &Path,
+        release: &str,
+        files: u64,
+        bytes: u64,
+    ) -> Result<PathBuf> {
+        let meta = Meta {
+            created: now_secs(),
+            files,
+            bytes,
+        };
+        let meta_path = self.meta_path(release);
+        write_atomically(
+            &meta_path,
+            &serde_json::to_vec(&meta).unwrap_or_default(),
+            0o644,
+        )?;
+        let dest = self.release_dir(release);
+        fs::rename(staging, &dest).at("move the staged release to", &dest)?;
+        sync_dir(&self.root.join("releases"))?;
+        Ok(dest)
+    }
+
+    /// Removes a release that never stayed live, and its metadata.
+    pub fn discard(&self, release: &str) -> Result<()> {
+        let dir = self.release_dir(release);
+        fs::remove_dir_all(&dir).at("remove", &dir)?;
+        let _ = fs::remove_file(self.meta_path(release));
+        Ok(())
+    }
+
+    /// Points `current` at `releases/<release>` with one atomic rename.
+    pub fn switch(&self, release: &str) -> Result<()> {
+        let tmp = self.root.join(format!(".current.{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(Path::new("releases").join(release), &tmp)
+            .at("create the link", &tmp)?;
+        let current = self.root.join("current");
+        if fs::symlink_metadata(&current).is_ok_and(|m| m.is_dir()) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::Agent(Failure::new(
+                FailureKind::BadInput,
+                format!(
+                    "`{}` is a real directory, not a link dropship manages",
+                    current.display()
+                ),
+                Some("move it away once (e.g. `mv current current.old`), then deploy again"),
+            )));
+        }
+        fs::rename(&tmp, &current).at("switch", &current)?;
+        sync_dir(&self.root)
+    }
+
+    /// Points `current` at nothing again (used when the first deploy is reverted).
+    pub fn unset_live(&self) -> Result<()> {
+        let current = self.root.join("current");
+        match fs::remove_file(&current) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                Err(io_failure("remove", &current, &err))
+            }
+            _ => sync_dir(&self.root),
+        }
+    }
+
+    /// Links each `shared` path into `release_dir`, creating it in `shared/` when missing.
+    ///
+    /// A path ending in `/` is a directory; any other is a file (created empty, mode 0600).
+    /// Whatever the release itself had at that path is replaced by the link.
+    pub fn link_shared(&self, release_dir: &Path, shared: &[String]) -> Result<()> {
+        for item in shared {
+            let is_dir = item.ends_with('/');
+            let rel = item.trim_end_matches('/');
+            let source = self.root.join("shared").join(rel);
+            if let Some(parent) = source.parent() {
+                fs::create_dir_all(parent).at("create", parent)?;
+            }
+            if is_dir {
+                fs::create_dir_all(&source).at("create", &source)?;
+            } else if !source.exists() {
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(&source)
+                    .at("create", &source)?;
+            }
+            let link = release_dir.join(rel);
+            if let Some(parent) = link.parent() {
+                fs::create_dir_all(parent).at("create", parent)?;
+            }
+            match fs::symlink_metadata(&link) {
+                Ok(meta) if meta.is_dir() => fs::remove_dir_all(&link).at("replace", &link)?,
+                Ok(_) => fs::remove_file(&link).at("replace", &link)?,
+                Err(_) => {}
+            }
+            let up = "../".repeat(rel.matches('/').count() + 2);
+            std::os::unix::fs::symlink(format!("{up}shared/{rel}"), &link).at("link", &link)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the oldest releases beyond `keep`, never `protect`ed ones. Returns what went.
+    pub fn prune(&self, keep: usize, protect: &[Option<String>]) -> Result<Vec<String>> {
+        let pruned = prunable(&self.releases()?, keep, protect);
+        for release in &pruned {
+            self.discard(release)?;
+        }
+        Ok(pruned)
+    }
+
+    /// Appends one line to `.dropship/releases.log`.
+    pub fn log(
+        &self,
+        op: &str,
+        release: Option<&str>,
+        previous: Option<&str>,
+        by: &str,
+    ) -> Result<()> {
+        let path = self.dot().join("releases.log");
+        let line = serde_json::json!({
+            "at": now_secs(), "op": op, "release": release, "previous": previous, "by": by,
+        });
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .open(&path)
+            .at("open", &path)?;
+        writeln!(file, "{line}").at("write", &path)?;
+        file.sync_data().at("sync", &path)
+    }
+
+    /// Free bytes for the deploy user on the filesystem of `remote-path` (or its nearest existing parent).
+    pub fn free_bytes(&self) -> u64 {
+        let mut dir = self.root.as_path();
+        while !dir.exists() {
+            match dir.parent() {
+                Some(parent) => dir = parent,
+                None => return 0,
+            }
+        }
+        free_bytes_at(dir).unwrap_or(0)
+    }
+}
+
+/// The releases to remove so that at most `keep` remain, oldest first, skipping
+/// the live one and the `protect`ed ones (which may leave more than `keep`).
+pub fn prunable(releases: &[ReleaseInfo], keep: usize, protect: &[Option<String>]) -> Vec<String> {
+    let mut remaining = releases.len();
+    let mut pruned = Vec::new();
+    for info in releases {
+        if remaining <= keep {
+            break;
+        }
+        if info.live || protect.iter().flatten().any(|p| *p == info.release) {
+            continue;
+        }
+        pruned.push(info.release.clone());
+        remaining -= 1;
+    }
+    pruned
+}
+
+fn read_holder(file: &mut File) -> String {
+    let mut text = String::new();
+    let _ = file.rewind();
+    let _ = file.take(4096).read_to_string(&mut text);
+    let text = text.trim();
+    if text.is_empty() {
+        "holder unknown".into()
+    } else {
+        format!("held by {text}")
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, with `mode`.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .at("create", &tmp)?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .at("chmod", &tmp)?;
+    file.write_all(bytes).at("write", &tmp)?;
+    file.sync_all().at("sync", &tmp)?;
+    fs::rename(&tmp, path).at("rename", path)
+}
+
+/// fsyncs a directory so that a rename inside it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at("sync", dir)
+}
+
+/// Flushes every dirty page of the filesystem that holds `path` (one `syncfs` call
+/// instead of one fsync per file).
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = File::open(path).at("open", path)?;
+    // SAFETY: syncfs takes a valid open file descriptor and has no other preconditions.
+    let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io_failure("sync", path, &io::Error::last_os_error()))
+    }
+}
+
+fn free_bytes_at(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid C string and `stat` points to writable memory of the right size.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    Some(stat.f_bavail * stat.f_frsize)
+}

@@ -1,0 +1,29 @@
+//! The optional `build` step: a shell command run in the working directory on
+//! this machine (the CI runner), never on the server.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+
+/// Runs `command` with `sh -c` in `working_directory`; its output goes to stderr
+/// so that `--json` output on stdout stays clean.
+pub fn run(command: &str, working_directory: &Path) -> Result<()> {
+    tracing::info!("build: {command}");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(working_directory)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::io::stderr()))
+        .status()
+        .map_err(|err| Error::local("run the build in", working_directory, err))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Build {
+            command: command.into(),
+            status: status.to_string(),
+        })
+    }
+}

@@ -1,0 +1,143 @@
+//! The command line (clap derive). It only holds what the user typed; `inputs`
+//! validates it into the types the rest of dropship works with.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Ship a built web app to Linux servers over SSH and switch it live atomically.
+#[derive(Debug, Parser)]
+#[command(name = "dropship", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Package the app, ship it to every host, and make it the live release.
+    Deploy(DeployArgs),
+    /// Make an earlier release live again.
+    Rollback(RollbackArgs),
+    /// List the releases on each host, marking the live one.
+    Releases(ServerArgs),
+    /// Write the release artefact (tar + zstd) and its manifest without shipping.
+    Package(PackageArgs),
+    /// Run the server side (started by dropship over SSH; reads its request on stdin).
+    #[command(hide = true)]
+    Agent,
+}
+
+/// Where to connect and how.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Targets, separated by commas or new lines, each `[user@]host[:port]`; `local` deploys onto this machine.
+    #[arg(long, env = "DROPSHIP_HOST")]
+    pub host: String,
+    /// SSH port when a host gives none.
+    #[arg(long, default_value_t = 22)]
+    pub port: u16,
+    /// SSH user when a host gives none.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Private key text (prefer `--key-file` or the DROPSHIP_KEY variable: arguments are visible to other users).
+    #[arg(long, env = "DROPSHIP_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// File holding the private key.
+    #[arg(long, conflicts_with = "key")]
+    pub key_file: Option<PathBuf>,
+    /// Passphrase of the key.
+    #[arg(long, env = "DROPSHIP_KEY_PASSPHRASE", hide_env_values = true)]
+    pub key_passphrase: Option<String>,
+    /// known_hosts lines that pin the server's key.
+    #[arg(long)]
+    pub known_hosts: Option<String>,
+    /// File of known_hosts lines.
+    #[arg(long)]
+    pub known_hosts_file: Option<PathBuf>,
+    /// `SHA256:…` as `ssh-keygen -lf` prints it; one for all hosts, or `host=SHA256:…` per host.
+    #[arg(long)]
+    pub host_fingerprint: Option<String>,
+    /// Do not check the server's host key (warns on every run).
+    #[arg(long)]
+    pub insecure_skip_host_key_check: bool,
+    /// The app's base directory on the server (absolute).
+    #[arg(long)]
+    pub remote_path: String,
+    /// Seconds to wait for another deploy to the same host to finish.
+    #[arg(long, default_value_t = 600)]
+    pub lock_timeout: u64,
+    /// Connect, verify and plan, but change nothing on any server.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the outputs as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What to ship.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// The app's directory.
+    #[arg(long, default_value = ".")]
+    pub working_directory: PathBuf,
+    /// Shell command run in the working directory before packaging.
+    #[arg(long)]
+    pub build: Option<String>,
+    /// Directory to ship (default: the Next.js standalone build of the working directory).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Glob patterns left out of the release, one per flag or line (default: `**/*.map`).
+    #[arg(long)]
+    pub exclude: Vec<String>,
+}
+
+/// `dropship deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Source.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Id of the new release (default `<UTC yyyymmddHHMMSS>-<short commit sha>`).
+    #[arg(long)]
+    pub release: Option<String>,
+    /// Finished releases kept per host (the live one and its predecessor are never removed).
+    #[arg(long, default_value_t = 5)]
+    pub keep_releases: usize,
+    /// Paths kept across releases in `shared/` and linked into each release, one per flag or line.
+    #[arg(long, default_value = ".env")]
+    pub shared: Vec<String>,
+    /// `none`: place the files and switch `current`; nothing is started or stopped.
+    #[arg(long, default_value = "pm2")]
+    pub process_manager: String,
+}
+
+/// `dropship rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// The release to make live (default: the one before the live one).
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+/// `dropship package`.
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    /// Source.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Where to write the artefact (`.tar.zst`); the manifest goes beside it as `<output>.manifest.json`.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Print the outputs as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

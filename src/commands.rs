@@ -1,0 +1,165 @@
+//! The sub-commands other than `deploy`: `rollback`, `releases`, `package`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+
+use serde_json::json;
+
+use crate::cli::{PackageArgs, RollbackArgs, ServerArgs};
+use crate::deploy::{connect, finish, wait_ready};
+use crate::error::{Error, Result};
+use crate::inputs::{self, Server};
+use crate::package;
+use crate::protocol::{self, Event, Request, RollbackRequest};
+use crate::report::mb;
+use crate::transport::AgentBinary;
+
+/// `rollback`: make an earlier release live on every host.
+pub fn rollback(args: RollbackArgs) -> Result<()> {
+    let server = Server::from_args(args.server)?;
+    if let Some(to) = &args.to {
+        protocol::check_release_id(to)
+            .map_err(|p| Error::input("to", p, "pick one from `dropship releases`"))?;
+    }
+    let agent = AgentBinary::default();
+    let request = Request::Rollback(RollbackRequest {
+        target: server.target(),
+        to: args.to.clone(),
+    });
+    let mut results = Vec::new();
+    for host in &server.hosts {
+        let Some(mut conn) = connect(host, &server, &agent)? else {
+            continue;
+        };
+        conn.send(&request)?;
+        match wait_ready(&mut conn)? {
+            Event::Activated { release, previous } => {
+                tracing::info!(
+                    "{host}: live: {release} (was {})",
+                    previous.as_deref().unwrap_or("nothing")
+                );
+                results.push(
+                    json!({"host": host.to_string(), "release": release, "previous": previous}),
+                );
+            }
+            Event::Plan { live, .. } => {
+                tracing::info!(
+                    "{host}: dry run: would switch from {}",
+                    live.as_deref().unwrap_or("nothing")
+                );
+            }
+            other => return Err(conn.unexpected(&other)),
+        }
+        expect_done(&mut conn)?;
+        finish(conn)?;
+    }
+    if server.json {
+        println!("{}", json!({ "hosts": results }));
+    }
+    Ok(())
+}
+
+/// `releases`: list the releases on every host.
+pub fn releases(args: ServerArgs) -> Result<()> {
+    let server = Server::from_args(args)?;
+    let agent = AgentBinary::default();
+    let mut all = serde_json::Map::new();
+    for host in &server.hosts {
+        let Some(mut conn) = connect(host, &server, &agent)? else {
+            continue;
+        };
+        conn.send(&Request::Releases(server.target()))?;
+        let Event::Releases { releases } = conn.event()? else {
+            return Err(Error::Ssh {
+                host: host.to_string(),
+                step: "listing releases",
+                message: "unexpected answer".into(),
+            });
+        };
+        expect_done(&mut conn)?;
+        finish(conn)?;
+        if !server.json {
+            println!("{host}:");
+            if releases.is_empty() {
+                println!("  (no releases)");
+            }
+            for r in releases.iter().rev() {
+                let mark = if r.live { "*" } else { " " };
+                let when = inputs::utc_stamp(r.created);
+                let live = if r.live { "  (live)" } else { "" };
+                println!(
+                    "{mark} {:<32} {when} UTC  {:>6} files  {:>9}{live}",
+                    r.release,
+                    r.files,
+                    mb(r.bytes)
+                );
+            }
+        }
+        all.insert(
+            host.to_string(),
+            serde_json::to_value(&releases).unwrap_or_default(),
+        );
+    }
+    if server.json {
+        println!("{}", serde_json::Value::Object(all));
+    }
+    Ok(())
+}
+
+fn expect_done(conn: &mut crate::transport::AgentConn) -> Result<()> {
+    match conn.event()? {
+        Event::Done { .. } => Ok(()),
+        other => Err(conn.unexpected(&other)),
+    }
+}
+
+/// `package`: write the artefact and its manifest without shipping.
+pub fn package(args: &PackageArgs) -> Result<()> {
+    if let Some(command) = args
+        .source
+        .build
+        .as_deref()
+        .filter(|b| !b.trim().is_empty())
+    {
+        crate::build::run(command, &args.source.working_directory)?;
+    }
+    let release = package::assemble(&inputs::source_spec(&args.source))?;
+    let file =
+        File::create(&args.output).map_err(|err| Error::local("create", &args.output, err))?;
+    let out = package::write_archive(&release, BufWriter::new(file))
+        .and_then(|mut out| out.flush())
+        .map_err(|err| Error::local("write", &args.output, err));
+    out?;
+    let manifest_path = args.output.with_file_name(format!(
+        "{}.manifest.json",
+        args.output
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("release")
+    ));
+    let manifest = serde_json::to_vec_pretty(&release.manifest).unwrap_or_default();
+    std::fs::write(&manifest_path, manifest)
+        .map_err(|err| Error::local("write", &manifest_path, err))?;
+    let artifact_bytes = std::fs::metadata(&args.output).map_or(0, |m| m.len());
+    tracing::info!(
+        "package: {} — {} files, {} → {} ({})",
+        release.description,
+        release.manifest.file_count(),
+        mb(release.manifest.total_bytes()),
+        args.output.display(),
+        mb(artifact_bytes)
+    );
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "artifact": args.output,
+                "manifest": manifest_path,
+                "artifact-bytes": artifact_bytes,
+                "files": release.manifest.file_count(),
+                "bytes": release.manifest.total_bytes(),
+            })
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Every failure dropship reports: what failed, on which host, and what to do next.
+//!
+//! Variants hold fields, not pre-formatted text; `exit_status` maps them to the
+//! exit codes of SPEC.md and `hint` adds the next step for the user.
+
+use std::path::PathBuf;
+
+use crate::protocol::{Failure, FailureKind};
+
+/// The process exit status, as SPEC.md defines it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Everything asked for was done.
+    Done = 0,
+    /// The deploy failed; every host serves what it served before.
+    Failed = 1,
+    /// Bad input; nothing was touched.
+    BadInput = 2,
+    /// Another deploy held the lock past `lock-timeout`.
+    Locked = 3,
+}
+
+/// Result type used throughout dropship.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A failure, with enough context to tell a person what went wrong and where.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An option has a value dropship cannot use.
+    #[error("input `{name}`: {problem}")]
+    Input {
+        name: &'static str,
+        problem: String,
+        hint: String,
+    },
+    /// No release directory could be found to ship.
+    #[error("nothing to ship: {problem}")]
+    Source { problem: String, hint: String },
+    /// A symbolic link in the release points outside of it.
+    #[error("symlink `{path}` points outside the release (to `{target}`)")]
+    EscapingSymlink { path: String, target: String },
+    /// A local file operation failed.
+    #[error("{action} `{}`: {source}", path.display())]
+    Local {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The `build` command failed.
+    #[error("build command `{command}` failed: {status}")]
+    Build { command: String, status: String },
+    /// The TCP connection to the host failed.
+    #[error("cannot connect to {host}: {source}")]
+    Connect {
+        host: String,
+        source: std::io::Error,
+    },
+    /// The SSH protocol failed at some step.
+    #[error("ssh to {host} failed while {step}: {message}")]
+    Ssh {
+        host: String,
+        step: &'static str,
+        message: String,
+    },
+    /// The host presented a key that nothing pins.
+    #[error("host key of {host} is not pinned (server key {fingerprint})")]
+    UnpinnedHostKey {
+        host: String,
+        fingerprint: String,
+        known_hosts_line: String,
+    },
+    /// The host presented a key different from the pinned one: possibly a man in the middle.
+    #[error(
+        "host key of {host} does not match the pinned key: expected {expected}, the server presented {actual}"
+    )]
+    HostKeyMismatch {
+        host: String,
+        expected: String,
+        actual: String,
+    },
+    /// The private key could not be loaded.
+    #[error("cannot use the private key: {problem}")]
+    Key { problem: String, hint: String },
+    /// The server refused the key.
+    #[error(
+        "{host} refused the {key_type} key {fingerprint} for user `{user}` (Permission denied (publickey))"
+    )]
+    KeyRejected {
+        host: String,
+        user: String,
+        key_type: String,
+        fingerprint: String,
+    },
+    /// The agent on the host reported a failure.
+    #[error("on {host}: {}", failure.message)]
+    Remote { host: String, failure: Failure },
+    /// The agent on the host stopped without saying why.
+    #[error(
+        "the agent on {host} stopped unexpectedly ({status}){}",
+        stderr_block(stderr)
+    )]
+    AgentDied {
+        host: String,
+        status: String,
+        stderr: String,
+    },
+    /// A local failure inside the agent (the agent reports these to the client).
+    #[error("{}", .0.message)]
+    Agent(Failure),
+}
+
+fn stderr_block(stderr: &str) -> String {
+    let stderr = stderr.trim();
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        let rule = "-".repeat(60);
+        format!("\n{rule}\n{stderr}\n{rule}")
+    }
+}
+
+impl Error {
+    /// A bad option value, with the fix.
+    pub fn input(name: &'static str, problem: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::Input {
+            name,
+            problem: problem.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// A failed local file operation.
+    pub fn local(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Local {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The exit status this failure ends the run with.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            Error::Input { .. }
+            | Error::Source { .. }
+            | Error::EscapingSymlink { .. }
+            | Error::UnpinnedHostKey { .. }
+            | Error::HostKeyMismatch { .. }
+            | Error::Key { .. }
+            | Error::KeyRejected { .. } => ExitStatus::BadInput,
+            Error::Remote { failure, .. } | Error::Agent(failure) => failure.kind.exit_status(),
+            Error::Local { .. }
+            | Error::Build { .. }
+            | Error::Connect { .. }
+            | Error::Ssh { .. }
+            | Error::AgentDied { .. } => ExitStatus::Failed,
+        }
+    }
+
+    /// What the user should do next, when dropship knows.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Error::Input { hint, .. } | Error::Source { hint, .. } | Error::Key { hint, .. } => {
+                hint.clone()
+            }
+            Error::EscapingSymlink { .. } => {
+                "make the link relative and inside the app, or add it to `exclude`".into()
+            }
+            Error::Build { .. } => "run the build command locally to see why it fails".into(),
+            Error::Connect { .. } => "check the host name and port, and that the firewall or security group lets this machine reach SSH".into(),
+            Error::Ssh { .. } => "check that the server runs OpenSSH and that the connection is stable; run again".into(),
+            Error::UnpinnedHostKey {
+                fingerprint,
+                known_hosts_line,
+                ..
+            } => format!(
+                "if this is your server, pin its key: set `host-fingerprint` to {fingerprint}\n      or add this line to `known-hosts`:\n      {known_hosts_line}\n      (compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server)"
+            ),
+            Error::HostKeyMismatch { .. } => "do not deploy until you know why the key changed: if the server was rebuilt, pin its new key; otherwise someone may be intercepting the connection".into(),
+            Error::KeyRejected { user, .. } => format!(
+                "check that the public half of this key is in ~{user}/.ssh/authorized_keys on the server, that `user` is right, and that the secret holds the whole private key (with its BEGIN/END lines)"
+            ),
+            Error::Remote { failure, .. } | Error::Agent(failure) => failure.hint.clone()?,
+            Error::Local { .. } | Error::AgentDied { .. } => return None,
+        })
+    }
+
+    /// The failure as the agent sends it to the client.
+    pub fn to_failure(&self) -> Failure {
+        match self {
+            Error::Agent(failure) => failure.clone(),
+            other => Failure {
+                kind: match other.exit_status() {
+                    ExitStatus::BadInput => FailureKind::BadInput,
+                    ExitStatus::Locked => FailureKind::Locked,
+                    ExitStatus::Done | ExitStatus::Failed => FailureKind::Failed,
+                },
+                message: other.to_string(),
+                hint: other.hint(),
+            },
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The manifest: every entry of a release (path, kind, mode, size, content hash).
+//!
+//! The client builds it from the assembled release; the agent validates it before
+//! accepting a single byte and checks every unpacked file against it.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// All entries of one release, sorted by path (parents before children).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The entries, sorted by path.
+    pub entries: Vec<Entry>,
+}
+
+/// One file, directory or symbolic link of a release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative path inside the release, `/`-separated, normalised.
+    pub path: String,
+    /// Permission bits (`mode & 0o777`); ignored for symlinks.
+    pub mode: u32,
+    /// What the entry is.
+    #[serde(flatten)]
+    pub kind: Kind,
+}
+
+/// The kind of a manifest entry, with what identifies its content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Kind {
+    /// A regular file.
+    File {
+        /// Size in bytes.
+        size: u64,
+        /// SHA-256 of the content, lower-case hex.
+        sha256: String,
+    },
+    /// A directory.
+    Dir,
+    /// A symbolic link, kept as a link.
+    Symlink {
+        /// The link's target, exactly as `readlink` gives it.
+        target: String,
+    },
+}
+
+impl Manifest {
+    /// Number of regular files.
+    pub fn file_count(&self) -> u64 {
+        self.files().count() as u64
+    }
+
+    /// Sum of the sizes of all regular files.
+    pub fn total_bytes(&self) -> u64 {
+        self.files().map(|(_, size, _)| size).sum()
+    }
+
+    fn files(&self) -> impl Iterator<Item = (&str, u64, &str)> {
+        self.entries.iter().filter_map(|e| match &e.kind {
+            Kind::File { size, sha256 } => Some((e.path.as_str(), *size, sha256.as_str())),
+            _ => None,
+        })
+    }
+
+    /// The entries by path, for look-ups while unpacking.
+    pub fn by_path(&self) -> BTreeMap<&str, &Entry> {
+        self.entries.iter().map(|e| (e.path.as_str(), e)).collect()
+    }
+
+    /// Checks that the manifest describes a tree that stays inside its root:
+    /// relative normalised paths, no duplicates, every parent a directory of the
+    /// manifest, and symlinks that cannot lead outside the release.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut dirs: HashSet<&str> = HashSet::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        for entry in &self.entries {
+            check_relative_path(&entry.path)?;
+            if !seen.insert(&entry.path) {
+                return Err(format!("`{}` appears twice", entry.path));
+            }
+            if let Some((parent, _)) = entry.path.rsplit_once('/')
+                && !dirs.contains(parent)
+            {
+                return Err(format!(
+                    "`{}` comes before its directory `{parent}`, or its parent is not a directory",
+                    entry.path
+                ));
+            }
+            match &entry.kind {
+                Kind::Dir => {
+                    dirs.insert(&entry.path);
+                }
+                Kind::Symlink { target } => check_symlink_target(&entry.path, target)?,
+                Kind::File { sha256, .. } => {
+                    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(format!("`{}` has a malformed hash", entry.path));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A path is acceptable when it is relative, `/`-separated, and has no empty, `.` or `..` part.
+pub fn check_relative_path(path: &str) -> Result<(), String> {
+    let bad = path.is_empty()
+        || path.contains('\0')
+        || path.starts_with('/')
+        || path
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..");
+    if bad {
+        Err(format!(
+            "`{}` is not a plain relative path (absolute, empty, or with `.`/`..` parts)",
+            path.escape_debug()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A symlink target is accepted when it is relative, any `..` parts come first,
+/// and it stays inside the release when resolved from the link's directory.
+///
+/// Allowing `..` only at the start means the walk never climbs back up after
+/// passing through another (equally checked) link, so the check is sound even
+/// for chains of links.
+pub fn check_symlink_target(link: &str, target: &str) -> Result<(), String> {
+    let escapes = || {
+        Err(format!(
+            "symlink `{link}` points outside the release (to `{target}`)"
+        ))
+    };
+    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+        return escapes();
+    }
+    let mut depth = link.matches('/').count() as i64;
+    let mut descended = false;
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if descended => return escapes(),
+            ".." => depth -= 1,
+            _ => {
+                descended = true;
+                depth += 1;
+            }
+        }
+        if depth < 0 {
+            return escapes();
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 of `bytes` as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: Kind) -> Entry {
+        Entry {
+            path: path.into(),
+            mode: 0o644,
+            kind,
+        }
+    }
+
+    #[test]
+    fn symlink_targets_that_stay_inside_are_accepted() {
+        assert!(check_symlink_target("node_modules/.bin/next", "../next/dist/bin/next").is_ok());
+        assert!(
+            check_symlink_target("node_modules/react", ".pnpm/react@19/node_modules/react").is_ok()
+        );
+        assert!(check_symlink_target("a", "b/c").is_ok());
+    }
+
+    #[test]
+    fn symlink_targets_that_escape_are_refused() {
+        for (link, target) in [
+            ("a", "../x"),
+            ("a", "/etc/passwd"),
+            ("d/a", "../../x"),
+            ("a", "y/.."),
+            ("a", "y/../../x"),
+            ("a", ""),
+        ] {
+            assert!(
+                check_symlink_target(link, target).is_err(),
+                "{link} -> {target}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_paths_are_refused() {
+        for path in ["", "/abs", "a/../b", "./a", "a//b", "a/", ".."] {
+            assert!(check_relative_path(path).is_err(), "{path:?}");
+        }
+        assert!(check_relative_path(".next/static/x.js").is_ok());
+    }
+
+    #[test]
+    fn a_file_under_a_symlink_is_refused() {
+        let manifest = Manifest {
+            entries: vec![
+                entry("a", Kind::Symlink { target: "b".into() }),
+                entry(
+                    "a/x",
+                    Kind::File {
+                        size: 0,
+                        sha256: sha256_hex(b""),
+                    },
+                ),
+            ],
+        };
+        assert!(manifest.validate().is_err());
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let manifest = Manifest {
+            entries: vec![entry("a", Kind::Dir), entry("a", Kind::Dir)],
+        };
+        assert!(manifest.validate().unwrap_err().contains("twice"));
+    }
+}

@@ -1,0 +1,351 @@
+//! Packaging: find what to ship, assemble the release tree in memory (no copies),
+//! and describe it in a [`Manifest`].
+//!
+//! For a Next.js `output: 'standalone'` build the release is the standalone
+//! directory with `.next/static` and `public` placed beside its `server.js`,
+//! which is what `next start` would otherwise be missing.
+
+mod stream;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::manifest::{self, Entry, Kind, Manifest};
+pub use stream::{Counter, write_archive};
+
+/// The patterns left out when `exclude` is not given: source maps.
+pub const DEFAULT_EXCLUDE: &[&str] = &["**/*.map"];
+
+/// What to ship and how to find it.
+#[derive(Clone, Debug)]
+pub struct SourceSpec {
+    /// The app's directory (`working-directory`).
+    pub working_directory: PathBuf,
+    /// An explicit directory to ship; `None` means detect a Next.js standalone build.
+    pub source: Option<PathBuf>,
+    /// Glob patterns (gitignore-like, `*` stays within one directory) left out.
+    pub exclude: Vec<String>,
+}
+
+/// An assembled release: the manifest, and where each file's bytes come from.
+pub struct Release {
+    /// Every entry, sorted by path.
+    pub manifest: Manifest,
+    /// Local source of each manifest entry, by index, with its modification time.
+    sources: Vec<(PathBuf, u64)>,
+    /// Where the app's `server.js` sits inside the release (`.` at the top).
+    pub server_dir: String,
+    /// Human description of what was assembled from where.
+    pub description: String,
+}
+
+/// The directories a release is assembled from, and where each goes in it.
+struct Layout {
+    /// (local directory, place in the release; empty for the top).
+    layers: Vec<(PathBuf, String)>,
+    server_dir: String,
+    description: String,
+}
+
+struct Item {
+    source: PathBuf,
+    metadata: fs::Metadata,
+}
+
+/// Finds the directories to ship and assembles the release from them.
+pub fn assemble(spec: &SourceSpec) -> Result<Release> {
+    let excluded = exclude_set(&spec.exclude)?;
+    let layout = match &spec.source {
+        Some(source) => {
+            let dir = spec.working_directory.join(source);
+            if !dir.is_dir() {
+                return Err(Error::Source {
+                    problem: format!("`source` directory `{}` does not exist", dir.display()),
+                    hint: "point `source` at the built output, relative to `working-directory`"
+                        .into(),
+                });
+            }
+            Layout {
+                description: dir.display().to_string(),
+                layers: vec![(dir, String::new())],
+                server_dir: ".".to_owned(),
+            }
+        }
+        None => nextjs_layers(&spec.working_directory)?,
+    };
+    let mut items: BTreeMap<String, Item> = BTreeMap::new();
+    for (dir, prefix) in &layout.layers {
+        add_parents(&mut items, prefix, dir)?;
+        collect(dir, prefix, &excluded, &mut items)?;
+    }
+    build_release(items, layout.server_dir, layout.description)
+}
+
+fn exclude_set(patterns: &[String]) -> Result<GlobSet> {
+    let mut set = GlobSetBuilder::new();
+    for pattern in patterns.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let glob = GlobBuilder::new(pattern.trim_start_matches('/'))
+            .literal_separator(true)
+            .build()
+            .map_err(|err| {
+                Error::input(
+                    "exclude",
+                    format!("pattern `{pattern}`: {err}"),
+                    "use glob patterns such as `**/*.map` or `cache/**`, one a line",
+                )
+            })?;
+        set.add(glob);
+    }
+    set.build()
+        .map_err(|err| Error::input("exclude", err.to_string(), "check the patterns"))
+}
+
+/// The layers of a Next.js standalone release: (directory, place in the release).
+fn nextjs_layers(app: &Path) -> Result<Layout> {
+    let standalone = app.join(".next/standalone");
+    if !standalone.is_dir() {
+        return Err(Error::Source {
+            problem: format!(
+                "no Next.js standalone build in `{}` (looked for `.next/standalone`)",
+                app.display()
+            ),
+            hint: "build first with `output: 'standalone'` in next.config.js (or set `build`), or set `source` to the directory to ship".into(),
+        });
+    }
+    let server_dir = find_server_dir(&standalone)?;
+    let under = |rel: &str| {
+        if server_dir == "." {
+            rel.to_owned()
+        } else {
+            format!("{server_dir}/{rel}")
+        }
+    };
+    let mut layers = vec![(standalone, String::new())];
+    let mut parts = vec![".next/standalone".to_owned()];
+    for (local, placed) in [
+        (".next/static", under(".next/static")),
+        ("public", under("public")),
+    ] {
+        if app.join(local).is_dir() {
+            layers.push((app.join(local), placed.clone()));
+            parts.push(format!("{local} → {placed}"));
+        }
+    }
+    Ok(Layout {
+        layers,
+        server_dir,
+        description: format!("Next.js standalone build ({})", parts.join(", ")),
+    })
+}
+
+/// Where `server.js` is: at the top, or under the app's path in a monorepo.
+fn find_server_dir(standalone: &Path) -> Result<String> {
+    if standalone.join("server.js").is_file() {
+        return Ok(".".into());
+    }
+    let found: Vec<String> = walkdir::WalkDir::new(standalone)
+        .min_depth(2)
+        .max_depth(6)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != "node_modules" && e.file_name() != ".next")
+        .filter_map(std::result::Result::ok)
+        .filter(|e| e.file_name() == "server.js" && e.file_type().is_file())
+        .filter_map(|e| {
+            e.path()
+                .parent()?
+                .strip_prefix(standalone)
+                .ok()?
+                .to_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(Error::Source {
+            problem: format!("`{}` has no server.js", standalone.display()),
+            hint: "run `next build` again with `output: 'standalone'`, or set `source`".into(),
+        }),
+        many => Err(Error::Source {
+            problem: format!(
+                "`{}` has several server.js files: {}",
+                standalone.display(),
+                many.join(", ")
+            ),
+            hint: "set `source` to the directory to ship".into(),
+        }),
+    }
+}
+
+fn add_parents(items: &mut BTreeMap<String, Item>, prefix: &str, dir: &Path) -> Result<()> {
+    let mut path = String::new();
+    for part in prefix.split('/').filter(|p| !p.is_empty()) {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(part);
+        if !items.contains_key(&path) {
+            let metadata = fs::metadata(dir).map_err(|err| Error::local("read", dir, err))?;
+            items.insert(
+                path.clone(),
+                Item {
+                    source: dir.to_owned(),
+                    metadata,
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+fn collect(
+    dir: &Path,
+    prefix: &str,
+    excluded: &GlobSet,
+    items: &mut BTreeMap<String, Item>,
+) -> Result<()> {
+    let walker = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter();
+    let mut walker = walker.filter_entry(|e| {
+        e.path()
+            .strip_prefix(dir)
+            .ok()
+            .and_then(Path::to_str)
+            .is_none_or(|rel| !excluded.is_match(join(prefix, rel)))
+    });
+    while let Some(entry) = walker.next() {
+        let entry = entry.map_err(|err| {
+            let path = err.path().unwrap_or(dir).to_owned();
+            Error::local("read", path, err.into())
+        })?;
+        let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        let Some(rel) = rel.to_str() else {
+            return Err(Error::Source {
+                problem: format!("`{}` has a name that is not UTF-8", entry.path().display()),
+                hint: "rename it, or add it to `exclude`".into(),
+            });
+        };
+        let metadata = entry
+            .metadata()
+            .map_err(|err| Error::local("read", entry.path(), err.into()))?;
+        let path = join(prefix, rel);
+        if metadata.is_dir() && items.get(&path).is_some_and(|i| !i.metadata.is_dir()) {
+            walker.skip_current_dir();
+        }
+        items.insert(
+            path,
+            Item {
+                source: entry.into_path(),
+                metadata,
+            },
+        );
+    }
+    Ok(())
+}
+
+fn join(prefix: &str, rel: &str) -> String {
+    if prefix.is_empty() {
+        rel.to_owned()
+    } else {
+        format!("{prefix}/{rel}")
+    }
+}
+
+fn build_release(
+    items: BTreeMap<String, Item>,
+    server_dir: String,
+    description: String,
+) -> Result<Release> {
+    let mut entries = Vec::with_capacity(items.len());
+    let mut sources = Vec::with_capacity(items.len());
+    for (path, item) in items {
+        let file_type = item.metadata.file_type();
+        let kind = if file_type.is_dir() {
+            Kind::Dir
+        } else if file_type.is_symlink() {
+            let target = fs::read_link(&item.source)
+                .map_err(|err| Error::local("read the link", &item.source, err))?;
+            let target = target.to_str().unwrap_or_default().to_owned();
+            manifest::check_symlink_target(&path, &target).map_err(|_| Error::EscapingSymlink {
+                path: path.clone(),
+                target: target.clone(),
+            })?;
+            Kind::Symlink { target }
+        } else if file_type.is_file() {
+            Kind::File {
+                size: item.metadata.len(),
+                sha256: hash_file(&item.source)?,
+            }
+        } else {
+            return Err(Error::Source {
+                problem: format!(
+                    "`{path}` is not a file, directory or symlink (a socket, fifo or device)"
+                ),
+                hint: "add it to `exclude`".into(),
+            });
+        };
+        let mode = item.metadata.permissions().mode() & 0o777;
+        let mtime = u64::try_from(item.metadata.mtime()).unwrap_or(0);
+        entries.push(Entry { path, mode, kind });
+        sources.push((item.source, mtime));
+    }
+    let manifest = Manifest { entries };
+    manifest.validate().map_err(|problem| Error::Source {
+        problem,
+        hint: "check the layout of the build output".into(),
+    })?;
+    Ok(Release {
+        manifest,
+        sources,
+        server_dir,
+        description,
+    })
+}
+
+fn hash_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(|err| Error::local("open", path, err))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|err| Error::local("read", path, err))?;
+        if n == 0 {
+            return Ok(manifest::hex(&hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_exclude_matches_source_maps_at_any_depth() {
+        let set = exclude_set(
+            &DEFAULT_EXCLUDE
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert!(set.is_match("server.js.map"));
+        assert!(set.is_match(".next/static/chunks/main.js.map"));
+        assert!(!set.is_match(".next/static/chunks/main.js"));
+    }
+
+    #[test]
+    fn a_bad_pattern_names_the_input() {
+        let err = exclude_set(&["a[".to_owned()]).err().unwrap();
+        assert!(err.to_string().starts_with("input `exclude`"), "{err}");
+    }
+}

@@ -1,0 +1,339 @@
+//! The wire format between the client and the agent on the server.
+//!
+//! The client writes one JSON [`Request`] line on the agent's stdin; for a deploy
+//! it then writes the release as one zstd-compressed tar stream, followed by
+//! [`Command`] lines. The agent answers with one JSON [`Event`] per line on stdout.
+//! Nothing secret ever travels on a command line: everything is on stdin.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ExitStatus;
+use crate::manifest::Manifest;
+
+/// Bumped on any incompatible change; the agent refuses other versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What the client asks the agent to do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// Receive a release, stage it, then activate it on command.
+    Deploy(DeployRequest),
+    /// Point `current` at an earlier release.
+    Rollback(RollbackRequest),
+    /// List the releases on the host.
+    Releases(Target),
+}
+
+/// Where on the host, and on whose behalf.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    /// Protocol version the client speaks.
+    pub protocol: u32,
+    /// The app's base directory (`remote-path`).
+    pub root: String,
+    /// Who deploys, for the lock and the release log (e.g. `alice@laptop`).
+    pub by: String,
+    /// Seconds to wait for another deploy's lock.
+    pub lock_timeout_secs: u64,
+    /// Look only: take no lock, change nothing.
+    pub dry_run: bool,
+}
+
+/// A new release to receive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// Where, and on whose behalf.
+    pub target: Target,
+    /// The new release's id.
+    pub release: String,
+    /// Every entry the stream will carry.
+    pub manifest: Manifest,
+    /// Paths kept across releases in `shared/` and linked into each release.
+    pub shared: Vec<String>,
+    /// Finished releases to keep.
+    pub keep_releases: usize,
+    /// Seconds of silence from the client after which the agent gives up.
+    pub idle_timeout_secs: u64,
+}
+
+/// Which release to go back to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    /// Where, and on whose behalf.
+    pub target: Target,
+    /// The release to make live; `None` means the one before the live one.
+    pub to: Option<String>,
+}
+
+/// What the client tells the agent after the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Command {
+    /// Make the staged release live.
+    Activate,
+    /// Keep the activated release: log it and prune old ones.
+    Commit,
+    /// Go back to what was live before.
+    Revert,
+}
+
+/// What the agent tells the client, one JSON object per line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// First line the agent prints.
+    Hello {
+        /// The agent's version.
+        version: String,
+        /// The protocol it speaks.
+        protocol: u32,
+    },
+    /// Another deploy holds the lock; sent every few seconds while waiting.
+    Waiting {
+        /// Who holds it, as its lock file says.
+        holder: String,
+        /// Seconds waited so far.
+        waited_secs: u64,
+    },
+    /// The lock is held and the release may be sent.
+    Ready {
+        /// Free bytes on the filesystem of `remote-path`.
+        free_bytes: u64,
+        /// The live release, if any.
+        live: Option<String>,
+    },
+    /// What a dry run would do.
+    Plan {
+        /// The live release, if any.
+        live: Option<String>,
+        /// Releases that would be removed.
+        would_prune: Vec<String>,
+        /// Free bytes on the filesystem of `remote-path`.
+        free_bytes: u64,
+    },
+    /// Every file arrived, matched the manifest and is on disk.
+    Staged {
+        /// Files written.
+        files: u64,
+        /// Bytes of file content written.
+        bytes: u64,
+        /// The release directory.
+        path: String,
+    },
+    /// `current` points at `release` now.
+    Activated {
+        /// The release now live.
+        release: String,
+        /// The release live before, if any.
+        previous: Option<String>,
+    },
+    /// `current` points back at what was live before.
+    Reverted {
+        /// The release live again, if any.
+        live: Option<String>,
+    },
+    /// The operation is complete.
+    Done {
+        /// Releases removed by pruning.
+        pruned: Vec<String>,
+        /// The agent's peak resident memory, in bytes.
+        peak_rss_bytes: u64,
+    },
+    /// The releases on the host, oldest first.
+    Releases {
+        /// One per release directory.
+        releases: Vec<ReleaseInfo>,
+    },
+    /// The operation failed; the agent exits after this line.
+    Failed(Failure),
+}
+
+/// One release as `releases` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    /// The release id.
+    pub release: String,
+    /// When it was received (seconds since the Unix epoch).
+    pub created: u64,
+    /// Files in it (0 when unknown).
+    pub files: u64,
+    /// Bytes of file content (0 when unknown).
+    pub bytes: u64,
+    /// Whether `current` points at it.
+    pub live: bool,
+}
+
+/// A failure as the agent reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Decides the client's exit status.
+    pub kind: FailureKind,
+    /// What failed.
+    pub message: String,
+    /// What to do next.
+    pub hint: Option<String>,
+}
+
+/// The class of a failure, which decides the exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// Bad input; nothing was changed.
+    BadInput,
+    /// Another deploy held the lock too long.
+    Locked,
+    /// Anything else; what was live stays live.
+    Failed,
+}
+
+impl FailureKind {
+    /// The exit status the client ends with.
+    pub fn exit_status(self) -> ExitStatus {
+        match self {
+            FailureKind::BadInput => ExitStatus::BadInput,
+            FailureKind::Locked => ExitStatus::Locked,
+            FailureKind::Failed => ExitStatus::Failed,
+        }
+    }
+}
+
+impl Failure {
+    /// A failure of the given kind.
+    pub fn new(kind: FailureKind, message: impl Into<String>, hint: Option<&str>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+            hint: hint.map(str::to_owned),
+        }
+    }
+}
+
+/// A release id is 1–128 characters of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
+pub fn check_release_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with(['.', '-'])
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "release id `{}` must be 1-128 characters of letters, digits, `.`, `_` and `-`, not starting with `.` or `-`",
+            id.escape_debug()
+        ))
+    }
+}
+
+/// Directories that must never be a `remote-path`: dropship would own them.
+const SYSTEM_DIRS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/www",
+    "/var/lib",
+    "/var/log",
+    "/usr/local",
+];
+
+/// A `remote-path` must be absolute, normalised, and not a system directory.
+/// Both sides check it: the client before connecting, the agent before touching anything.
+pub fn check_remote_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("`{path}` is not an absolute path"));
+    }
+    let trimmed = path.trim_end_matches('/');
+    if trimmed
+        .split('/')
+        .skip(1)
+        .any(|part| part.is_empty() || part == "." || part == "..")
+        && !trimmed.is_empty()
+    {
+        return Err(format!("`{path}` has empty, `.` or `..` parts"));
+    }
+    if path.chars().any(char::is_control) {
+        return Err("the path contains control characters".into());
+    }
+    let normal = if trimmed.is_empty() { "/" } else { trimmed };
+    if SYSTEM_DIRS.contains(&normal) {
+        return Err(format!(
+            "`{normal}` is a system directory; dropship needs a directory of the app's own"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON shape is the contract with agents already on servers: pin it.
+    #[test]
+    fn remote_paths_are_checked() {
+        for bad in [
+            "srv/app",
+            "/",
+            "/etc",
+            "/usr/",
+            "/srv/../etc",
+            "/srv//app",
+            "/home",
+        ] {
+            assert!(check_remote_path(bad).is_err(), "{bad}");
+        }
+        for good in ["/srv/app", "/home/deploy/app", "/var/www/site/"] {
+            assert!(check_remote_path(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn wire_format_is_stable() {
+        let event = Event::Activated {
+            release: "r2".into(),
+            previous: Some("r1".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&event).unwrap(),
+            r#"{"event":"activated","release":"r2","previous":"r1"}"#
+        );
+        let failed = Event::Failed(Failure::new(FailureKind::Locked, "held", None));
+        assert_eq!(
+            serde_json::to_string(&failed).unwrap(),
+            r#"{"event":"failed","kind":"locked","message":"held","hint":null}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Command::Activate).unwrap(),
+            r#""activate""#
+        );
+        let request = Request::Releases(Target {
+            protocol: PROTOCOL_VERSION,
+            root: "/srv/app".into(),
+            by: "ci".into(),
+            lock_timeout_secs: 600,
+            dry_run: false,
+        });
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            r#"{"op":"releases","protocol":1,"root":"/srv/app","by":"ci","lock_timeout_secs":600,"dry_run":false}"#
+        );
+    }
+}

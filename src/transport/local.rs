@@ -1,0 +1,82 @@
+//! `host: local`: the agent runs as a child process of this one, so a deploy onto
+//! this machine goes through exactly the same code as one over SSH.
+
+use std::io::{self, Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::thread::JoinHandle;
+
+use super::conn::{AgentConn, Link};
+use crate::error::{Error, Result};
+
+struct LocalLink {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: ChildStdout,
+    stderr: Option<JoinHandle<String>>,
+}
+
+/// Starts `dropship agent` from this very binary.
+pub fn open() -> Result<AgentConn> {
+    let exe =
+        std::env::current_exe().map_err(|err| Error::local("find", "the dropship binary", err))?;
+    let mut child = Command::new(&exe)
+        .arg("agent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| Error::local("start", &exe, err))?;
+    let (Some(stdin), Some(stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(Error::local(
+            "connect to",
+            &exe,
+            io::Error::other("no pipes"),
+        ));
+    };
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let link = LocalLink {
+        child,
+        stdin: Some(stdin),
+        stdout,
+        stderr: Some(stderr),
+    };
+    AgentConn::start("local", Box::new(link))
+}
+
+impl Read for LocalLink {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stdout.read(buf)
+    }
+}
+
+impl Write for LocalLink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.stdin {
+            Some(stdin) => stdin.write(buf),
+            None => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stdin.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
+impl Link for LocalLink {
+    fn finish(&mut self) -> (Option<i32>, String) {
+        self.stdin = None;
+        let status = self.child.wait().ok().and_then(|s| s.code());
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        (status, stderr)
+    }
+}

@@ -1,0 +1,85 @@
+//! Reaching the agent on a host: over one SSH connection, or as a child process
+//! for `host: local`. Either way the result is an [`AgentConn`] that speaks the
+//! protocol; nothing above this module knows which.
+
+mod conn;
+mod hostkey;
+mod keys;
+mod local;
+mod ssh;
+
+use std::fmt;
+
+pub use conn::AgentConn;
+pub use hostkey::Pinning;
+pub use keys::PrivateKey;
+pub use ssh::AgentBinary;
+
+use crate::error::Result;
+
+/// One target of a deploy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// This machine, without SSH.
+    Local,
+    /// A server reached over SSH.
+    Ssh {
+        /// Login user.
+        user: String,
+        /// Host name or address.
+        host: String,
+        /// SSH port.
+        port: u16,
+    },
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Local => f.write_str("local"),
+            Host::Ssh { user, host, port } if host.contains(':') => {
+                write!(f, "{user}@[{host}]:{port}")
+            }
+            Host::Ssh { user, host, port } => write!(f, "{user}@{host}:{port}"),
+        }
+    }
+}
+
+/// How to log in and how to recognise the server.
+pub struct Credentials {
+    /// The private key (SSH hosts only).
+    pub key: Option<PrivateKey>,
+    /// How the server's host key is checked.
+    pub pinning: Pinning,
+}
+
+/// What starting the agent led to.
+pub enum Opened {
+    /// The agent runs and said hello.
+    Ready(AgentConn),
+    /// Dry run on a host without this agent version: it would be uploaded first.
+    AgentMissing {
+        /// Bytes that would be uploaded.
+        upload_bytes: u64,
+    },
+}
+
+/// Starts the agent on `host`, uploading it first when needed (unless `dry_run`).
+pub fn open(
+    host: &Host,
+    credentials: &Credentials,
+    agent: &AgentBinary,
+    remote_path: &str,
+    dry_run: bool,
+) -> Result<Opened> {
+    match host {
+        Host::Local => local::open().map(Opened::Ready),
+        Host::Ssh { user, host, port } => ssh::open(
+            (user, host, *port),
+            credentials,
+            agent,
+            remote_path,
+            dry_run,
+        ),
+    }
+}

@@ -1,0 +1,318 @@
+//! One SSH connection per host (ssh2): connect with a timeout and keepalives,
+//! check the pinned host key, authenticate with the in-memory key, make sure the
+//! right agent binary is on the server, and start it on an exec channel.
+//!
+//! No SFTP: it collapses under latency. Files go through exec channels.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use ssh2::{Channel, Session};
+
+use super::conn::{AGENT_MISSING, AgentConn, Link};
+use super::{Credentials, Host, Opened};
+use crate::error::{Error, Result};
+use crate::manifest::sha256_hex;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest a single blocking SSH call may wait; the agent sends a line at
+/// least every few seconds while it waits for a lock.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The agent binary to install on servers: this executable, or `DROPSHIP_AGENT_BINARY`
+/// (a Linux build, when the client runs elsewhere). Read and hashed on first use only,
+/// so runs that reach no SSH host never pay for it.
+#[derive(Default)]
+pub struct AgentBinary {
+    loaded: OnceLock<Loaded>,
+}
+
+struct Loaded {
+    bytes: Vec<u8>,
+    sha256: String,
+}
+
+impl AgentBinary {
+    fn get(&self) -> Result<&Loaded> {
+        if let Some(loaded) = self.loaded.get() {
+            return Ok(loaded);
+        }
+        let path = match std::env::var_os("DROPSHIP_AGENT_BINARY") {
+            Some(path) => path.into(),
+            None => std::env::current_exe()
+                .map_err(|err| Error::local("find", "the dropship binary", err))?,
+        };
+        let bytes = std::fs::read(&path)
+            .map_err(|err| Error::local("read the agent binary", &path, err))?;
+        let sha256 = sha256_hex(&bytes);
+        Ok(self.loaded.get_or_init(|| Loaded { bytes, sha256 }))
+    }
+}
+
+impl Loaded {
+    /// Where it lives on the server: versioned and hashed, so versions never collide.
+    fn remote_path(&self, remote_path: &str) -> String {
+        format!(
+            "{}/.dropship/bin/dropship-{}-{}",
+            remote_path.trim_end_matches('/'),
+            env!("CARGO_PKG_VERSION"),
+            &self.sha256[..12]
+        )
+    }
+}
+
+/// Quotes `text` for a POSIX shell.
+pub fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Runs the agent if the binary at `path` has the expected hash; exits 97 otherwise.
+pub fn agent_command(path: &str, sha256: &str) -> String {
+    format!(
+        "f={}; if [ -x \"$f\" ] && [ \"$(sha256sum < \"$f\" | cut -c1-64)\" = {sha256} ]; then exec \"$f\" agent; fi; exit {AGENT_MISSING}",
+        quote(path)
+    )
+}
+
+/// Writes stdin to `path` (mode 0700) through a temporary file and a rename.
+pub fn upload_command(path: &str) -> String {
+    let dir = path.rsplit_once('/').map_or(".", |(dir, _)| dir);
+    format!(
+        "umask 077 && mkdir -p {dir} && t={path}.$$ && cat > \"$t\" && chmod 700 \"$t\" && mv -f \"$t\" {path}",
+        dir = quote(dir),
+        path = quote(path)
+    )
+}
+
+/// Connects, checks the host key, logs in and starts the agent.
+pub fn open(
+    (user, name, port): (&str, &str, u16),
+    credentials: &Credentials,
+    agent: &AgentBinary,
+    remote_path: &str,
+    dry_run: bool,
+) -> Result<Opened> {
+    let label = Host::Ssh {
+        user: user.into(),
+        host: name.into(),
+        port,
+    }
+    .to_string();
+    let session = connect(&label, name, port)?;
+    credentials.pinning.verify(&session, &label, name, port)?;
+    authenticate(&session, &label, user, credentials)?;
+    session.set_keepalive(true, 15);
+    let agent = agent.get()?;
+    let bin = agent.remote_path(remote_path);
+    let command = agent_command(&bin, &agent.sha256);
+    match start(&session, &label, &command) {
+        Err(Error::AgentDied { status, .. }) if status == "agent missing" => {}
+        other => return other.map(Opened::Ready),
+    }
+    if dry_run {
+        return Ok(Opened::AgentMissing {
+            upload_bytes: agent.bytes.len() as u64,
+        });
+    }
+    tracing::info!(
+        "{label}: installing the agent ({} KB) at {bin}",
+        agent.bytes.len() / 1024
+    );
+    upload(&session, &label, &bin, &agent.bytes)?;
+    let started = start(&session, &label, &command).map(|mut conn| {
+        conn.count_upload(agent.bytes.len() as u64);
+        conn
+    });
+    match started {
+        Err(Error::AgentDied { host, status, .. }) if status == "agent missing" => Err(Error::AgentDied {
+            host,
+            status,
+            stderr: "the uploaded agent does not verify: does the server have `sha256sum` (coreutils) and a writable `remote-path`?".into(),
+        }),
+        other => other.map(Opened::Ready),
+    }
+}
+
+fn connect(label: &str, name: &str, port: u16) -> Result<Session> {
+    let connect_error = |source: io::Error| Error::Connect {
+        host: label.into(),
+        source,
+    };
+    let addrs: Vec<_> = (name, port)
+        .to_socket_addrs()
+        .map_err(|err| {
+            connect_error(io::Error::new(
+                err.kind(),
+                format!("cannot resolve `{name}`: {err}"),
+            ))
+        })?
+        .collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("`{name}` has no address"));
+    let mut tcp = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                tcp = Some(stream);
+                break;
+            }
+            Err(err) => last = err,
+        }
+    }
+    let tcp = tcp.ok_or_else(|| connect_error(last))?;
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    let _ = SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+    let _ = tcp.set_nodelay(true);
+    let ssh_error = |step: &'static str| {
+        move |err: ssh2::Error| Error::Ssh {
+            host: label.into(),
+            step,
+            message: err.to_string(),
+        }
+    };
+    let mut session = Session::new().map_err(ssh_error("starting"))?;
+    session.set_tcp_stream(tcp);
+    session.set_timeout(u32::try_from(CALL_TIMEOUT.as_millis()).unwrap_or(u32::MAX));
+    session
+        .handshake()
+        .map_err(ssh_error("negotiating encryption"))?;
+    Ok(session)
+}
+
+fn authenticate(
+    session: &Session,
+    label: &str,
+    user: &str,
+    credentials: &Credentials,
+) -> Result<()> {
+    let Some(key) = &credentials.key else {
+        return Err(Error::input(
+            "key",
+            "no private key was given",
+            "set `key` (a secret) or `--key-file`",
+        ));
+    };
+    let result = session.userauth_pubkey_memory(user, None, &key.text, key.passphrase.as_deref());
+    match result {
+        Ok(()) if session.authenticated() => Ok(()),
+        Err(err) if matches!(err.code(), ssh2::ErrorCode::Session(-16)) => Err(Error::Key {
+            problem: if key.encrypted {
+                format!("cannot decrypt the {} key: wrong passphrase", key.key_type)
+            } else {
+                format!(
+                    "libssh2 cannot read the {} key ({})",
+                    key.key_type,
+                    err.message()
+                )
+            },
+            hint: if key.encrypted {
+                "check `key-passphrase`".into()
+            } else {
+                "use an ed25519, ECDSA or RSA key in OpenSSH or PEM format (`ssh-keygen -t ed25519`)".into()
+            },
+        }),
+        _ => Err(Error::KeyRejected {
+            host: label.into(),
+            user: user.into(),
+            key_type: key.key_type.clone(),
+            fingerprint: key.fingerprint.clone(),
+        }),
+    }
+}
+
+fn exec(session: &Session, label: &str, command: &str) -> Result<Channel> {
+    let ssh_error = |err: ssh2::Error| Error::Ssh {
+        host: label.into(),
+        step: "opening a channel",
+        message: err.to_string(),
+    };
+    let mut channel = session.channel_session().map_err(ssh_error)?;
+    channel.exec(command).map_err(ssh_error)?;
+    Ok(channel)
+}
+
+fn start(session: &Session, label: &str, command: &str) -> Result<AgentConn> {
+    let channel = exec(session, label, command)?;
+    AgentConn::start(label, Box::new(SshLink { channel }))
+}
+
+fn upload(session: &Session, label: &str, path: &str, bytes: &[u8]) -> Result<()> {
+    let mut link = SshLink {
+        channel: exec(session, label, &upload_command(path))?,
+    };
+    let written = link
+        .channel
+        .write_all(bytes)
+        .and_then(|()| link.channel.flush());
+    let (status, stderr) = link.finish();
+    match (written, status) {
+        (Ok(()), Some(0)) => Ok(()),
+        (result, status) => Err(Error::AgentDied {
+            host: label.into(),
+            status: format!(
+                "installing the agent failed ({})",
+                result
+                    .err()
+                    .map_or_else(|| format!("exit status {status:?}"), |e| e.to_string())
+            ),
+            stderr,
+        }),
+    }
+}
+
+/// An exec channel running the agent.
+struct SshLink {
+    channel: Channel,
+}
+
+impl Read for SshLink {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.channel.read(buf)
+    }
+}
+
+impl Write for SshLink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.channel.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.channel.flush()
+    }
+}
+
+impl Link for SshLink {
+    fn finish(&mut self) -> (Option<i32>, String) {
+        let _ = self.channel.send_eof();
+        let mut stderr = String::new();
+        let _ = self
+            .channel
+            .stderr()
+            .take(1 << 20)
+            .read_to_string(&mut stderr);
+        let mut rest = Vec::new();
+        let _ = self.channel.read_to_end(&mut rest);
+        let _ = self.channel.wait_close();
+        let status = self.channel.exit_status().ok();
+        (status, stderr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_quote_paths_once() {
+        assert_eq!(quote("/srv/it's"), r"'/srv/it'\''s'");
+        assert_eq!(
+            upload_command("/srv/app/.dropship/bin/d"),
+            "umask 077 && mkdir -p '/srv/app/.dropship/bin' && t='/srv/app/.dropship/bin/d'.$$ && cat > \"$t\" && chmod 700 \"$t\" && mv -f \"$t\" '/srv/app/.dropship/bin/d'"
+        );
+        assert!(agent_command("/a b/x", "00ff").starts_with("f='/a b/x'; if [ -x \"$f\" ]"));
+    }
+}

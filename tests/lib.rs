@@ -1,0 +1,16 @@
+//! dropship's integration tests: the real binary against a real OpenSSH sshd
+//! on 127.0.0.1, with trees shaped like real Next.js standalone builds.
+
+mod support;
+mod test;
+
+// First deploy, redeploy, rollback, pruning, dry run, `local`, monorepo layout.
+mod deploy;
+// Host-key pinning and key authentication over SSH.
+mod ssh;
+// The agent refusing hostile streams and manifests.
+mod agent;
+// Two deploys to one host at once.
+mod lock;
+// `dropship package` and source detection errors.
+mod package;

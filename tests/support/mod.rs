@@ -1,0 +1,9 @@
+//! Shared helpers for the integration tests: a throw-away OpenSSH server per
+//! test, a fake Next.js `output: 'standalone'` build, and directory-tree
+//! snapshots for comparing what was deployed with what was expected.
+
+#![allow(dead_code)]
+
+pub mod fixture;
+pub mod sshd;
+pub mod tree;

@@ -1,0 +1,511 @@
+//! A real OpenSSH `sshd` per test, listening on 127.0.0.1 with a random port,
+//! a fresh ed25519 host key and a fresh ed25519 user key authorized for the
+//! user running the tests.
+//!
+//! Notes from setting this up (Debian 12, OpenSSH 9.2):
+//! - With `UsePAM no`, sshd on Linux refuses accounts whose shadow password
+//!   field starts with `!` (a locked account), even for public-key logins.
+//!   On the machine this was written on, root's field is `*` (no password, not
+//!   locked), which sshd accepts, so nothing is changed. If the field starts
+//!   with `!` and we can read `/etc/shadow` (i.e. we are root), [`Sshd::start`]
+//!   panics with a hint (`usermod -p '*' <user>`) instead of silently editing
+//!   the account.
+//! - When run as root, sshd needs its privilege-separation directory
+//!   `/run/sshd`; it is created (mode 0755) if missing.
+//! - As a normal user sshd runs without privilege separation and can only log
+//!   in that same user, which is all the tests need. It cannot read
+//!   `/etc/shadow` then, so an ordinary account passes the lock check (the
+//!   passwd field is just `x`). Exception seen here: for `root` and `nobody`
+//!   the `systemd` NSS module synthesizes shadow entries `!*` for non-root
+//!   readers, so running the tests as `nobody` fails with "account is
+//!   locked"; run them as root or as a real user.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+const SSHD: &str = "/usr/sbin/sshd";
+const SSH_KEYGEN: &str = "ssh-keygen";
+const START_ATTEMPTS: usize = 5;
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The kind of an extra user key made by [`Sshd::extra_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `ssh-keygen -t ed25519` (OpenSSH private key format).
+    Ed25519,
+    /// `ssh-keygen -t ecdsa -b 256` (OpenSSH private key format).
+    EcdsaP256,
+    /// `ssh-keygen -t rsa -b 3072` (OpenSSH private key format).
+    RsaOpenSsh,
+    /// `ssh-keygen -t rsa -b 3072 -m PEM` (legacy `BEGIN RSA PRIVATE KEY`).
+    RsaPem,
+}
+
+impl KeyKind {
+    fn keygen_args(self) -> &'static [&'static str] {
+        match self {
+            KeyKind::Ed25519 => &["-t", "ed25519"],
+            KeyKind::EcdsaP256 => &["-t", "ecdsa", "-b", "256"],
+            KeyKind::RsaOpenSsh => &["-t", "rsa", "-b", "3072"],
+            KeyKind::RsaPem => &["-t", "rsa", "-b", "3072", "-m", "PEM"],
+        }
+    }
+
+    fn file_stem(self) -> &'static str {
+        match self {
+            KeyKind::Ed25519 => "ed25519",
+            KeyKind::EcdsaP256 => "ecdsa_p256",
+            KeyKind::RsaOpenSsh => "rsa_openssh",
+            KeyKind::RsaPem => "rsa_pem",
+        }
+    }
+}
+
+/// A running `sshd` owned by one test; killed (by PID) when dropped.
+pub struct Sshd {
+    dir: TempDir,
+    child: Child,
+    port: u16,
+    user: String,
+    host_fingerprint: String,
+    known_hosts_line: String,
+    extra_keys: AtomicUsize,
+}
+
+impl Sshd {
+    /// Starts sshd on 127.0.0.1 with a random free port, fresh ed25519 host
+    /// key, and a fresh ed25519 user key authorized for the current user.
+    ///
+    /// Panics (with sshd's log) if it does not answer with an SSH banner
+    /// within 10 s; retries with a new port up to 5 times if the port was
+    /// taken in between picking and binding it.
+    pub fn start() -> Sshd {
+        let user = current_user();
+        check_account_not_locked(&user);
+        if is_root() {
+            ensure_privsep_dir();
+        }
+
+        let dir = tempfile::Builder::new()
+            .prefix("dropship-sshd-")
+            .tempdir()
+            .expect("create temp dir for sshd");
+        let d = dir.path();
+
+        keygen(&d.join("host_ed25519"), &["-t", "ed25519"], None, "host");
+        keygen(&d.join("id_ed25519"), &["-t", "ed25519"], None, "user");
+        let user_pub = fs::read_to_string(d.join("id_ed25519.pub")).expect("read user public key");
+        write_mode(&d.join("authorized_keys"), user_pub.as_bytes(), 0o600);
+
+        let host_pub =
+            fs::read_to_string(d.join("host_ed25519.pub")).expect("read host public key");
+        let host_key_fields: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+        assert_eq!(
+            host_key_fields.len(),
+            2,
+            "odd host public key: {host_pub:?}"
+        );
+        let host_key = host_key_fields.join(" ");
+        let host_fingerprint = fingerprint(&d.join("host_ed25519.pub"));
+
+        let mut previous_logs = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            let port = free_port();
+            let config = d.join("sshd_config");
+            fs::write(&config, sshd_config(d, port)).expect("write sshd_config");
+            let log_path = d.join("sshd.log");
+            let log = fs::File::create(&log_path).expect("create sshd.log");
+            let child = Command::new(SSHD)
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn /usr/sbin/sshd (is openssh-server installed?)");
+
+            match wait_ready(child, port) {
+                Ok(child) => {
+                    let known_hosts_line = format!("[127.0.0.1]:{port} {host_key}");
+                    write_mode(
+                        &d.join("known_hosts"),
+                        format!("{known_hosts_line}\n").as_bytes(),
+                        0o644,
+                    );
+                    return Sshd {
+                        dir,
+                        child,
+                        port,
+                        user,
+                        host_fingerprint,
+                        known_hosts_line,
+                        extra_keys: AtomicUsize::new(0),
+                    };
+                }
+                Err(why) => {
+                    let log = fs::read_to_string(&log_path).unwrap_or_default();
+                    let port_taken = log.contains("Address already in use")
+                        || log.contains("Cannot bind any address");
+                    if port_taken && attempt < START_ATTEMPTS {
+                        previous_logs.push_str(&format!(
+                            "--- attempt {attempt} (port {port}): {why}\n{log}\n"
+                        ));
+                        continue;
+                    }
+                    panic!(
+                        "sshd did not start on port {port} (attempt {attempt}): {why}\n\
+                         {previous_logs}--- sshd log ---\n{log}"
+                    );
+                }
+            }
+        }
+        unreachable!("the last attempt either returns or panics")
+    }
+
+    /// The TCP port sshd listens on (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The name of the user the tests run as (the only user that can log in).
+    pub fn user(&self) -> String {
+        self.user.clone()
+    }
+
+    /// `"user@127.0.0.1:PORT"`.
+    pub fn host_spec(&self) -> String {
+        format!("{}@127.0.0.1:{}", self.user, self.port)
+    }
+
+    /// The host key fingerprint, `"SHA256:..."`, exactly as
+    /// `ssh-keygen -lf host_ed25519.pub` prints it.
+    pub fn host_fingerprint(&self) -> String {
+        self.host_fingerprint.clone()
+    }
+
+    /// `"[127.0.0.1]:PORT ssh-ed25519 AAAA..."` (no trailing newline).
+    pub fn known_hosts_line(&self) -> String {
+        self.known_hosts_line.clone()
+    }
+
+    /// The private key text (OpenSSH format) of the authorized ed25519 user key.
+    pub fn user_key(&self) -> String {
+        fs::read_to_string(self.user_key_path()).expect("read user private key")
+    }
+
+    /// The authorized ed25519 user private key as a 0600 file.
+    pub fn user_key_path(&self) -> PathBuf {
+        self.dir.path().join("id_ed25519")
+    }
+
+    /// A known_hosts file holding [`Sshd::known_hosts_line`].
+    pub fn known_hosts_path(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    /// Generates another user key of the given kind (encrypted with
+    /// `passphrase` if given), authorizes it (appends its `.pub` to
+    /// authorized_keys) if `authorize`, and returns the path of the private
+    /// key file (mode 0600; the public key is next to it with `.pub`).
+    pub fn extra_key(&self, kind: KeyKind, passphrase: Option<&str>, authorize: bool) -> PathBuf {
+        let n = self.extra_keys.fetch_add(1, Ordering::SeqCst);
+        let path = self
+            .dir
+            .path()
+            .join(format!("extra_{n}_{}", kind.file_stem()));
+        keygen(&path, kind.keygen_args(), passphrase, "extra");
+        if authorize {
+            let public = fs::read_to_string(path.with_file_name(format!(
+                "{}.pub",
+                path.file_name()
+                    .expect("key path has a file name")
+                    .to_string_lossy()
+            )))
+            .expect("read extra public key");
+            let mut file = fs::OpenOptions::new()
+                .append(true)
+                .open(self.dir.path().join("authorized_keys"))
+                .expect("open authorized_keys for appending");
+            file.write_all(public.trim_end().as_bytes())
+                .and_then(|()| file.write_all(b"\n"))
+                .expect("append to authorized_keys");
+        }
+        path
+    }
+
+    /// The server's temp dir (config, keys, log, known_hosts).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// sshd's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("sshd.log"))
+            .unwrap_or_else(|e| format!("<cannot read sshd.log: {e}>"))
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits in pid_t");
+        // SAFETY: plain syscall on the PID of our own, not yet reaped, child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) => thread::sleep(Duration::from_millis(20)),
+                Err(_) => break,
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sshd_config(dir: &Path, port: u16) -> String {
+    let d = dir.display();
+    // Paths are quoted so a temp dir with spaces still works.
+    format!(
+        r#"Port {port}
+ListenAddress 127.0.0.1
+HostKey "{d}/host_ed25519"
+PidFile "{d}/sshd.pid"
+AuthorizedKeysFile "{d}/authorized_keys"
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+AllowTcpForwarding no
+X11Forwarding no
+PrintMotd no
+LogLevel VERBOSE
+ClientAliveInterval 15
+MaxSessions 20
+MaxStartups 50
+"#
+    )
+}
+
+/// Polls until the port answers with an SSH banner; gives the child back on
+/// success, kills it on failure.
+fn wait_ready(mut child: Child, port: u16) -> Result<Child, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Err(format!("sshd exited early with {status}")),
+            Ok(None) => {}
+            Err(e) => {
+                let _ = child.kill();
+                return Err(format!("cannot poll sshd: {e}"));
+            }
+        }
+        let last_err = match read_banner(&addr) {
+            Ok(banner) if banner.starts_with("SSH-2.0") => return Ok(child),
+            Ok(banner) => format!("unexpected banner {banner:?}"),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "no SSH banner within {START_TIMEOUT:?}: {last_err}"
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read_banner(addr: &SocketAddr) -> Result<String, String> {
+    let mut stream = TcpStream::connect_timeout(addr, Duration::from_millis(500))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| format!("set_read_timeout: {e}"))?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while buf.len() < 256 && !buf.ends_with(b"\n") {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => buf.push(byte[0]),
+            Err(e) => return Err(format!("read banner: {e}")),
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).trim_end().to_string())
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to pick a port");
+    listener
+        .local_addr()
+        .expect("local address of the port picker")
+        .port()
+}
+
+fn keygen(path: &Path, type_args: &[&str], passphrase: Option<&str>, comment: &str) {
+    let out = Command::new(SSH_KEYGEN)
+        .args(type_args)
+        .arg("-q")
+        .arg("-N")
+        .arg(passphrase.unwrap_or(""))
+        .arg("-C")
+        .arg(format!("dropship-test-{comment}"))
+        .arg("-f")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh-keygen");
+    assert!(
+        out.status.success(),
+        "ssh-keygen {type_args:?} -f {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod 0600 private key");
+}
+
+fn fingerprint(public_key: &Path) -> String {
+    let out = Command::new(SSH_KEYGEN)
+        .arg("-lf")
+        .arg(public_key)
+        .output()
+        .expect("run ssh-keygen -lf");
+    assert!(
+        out.status.success(),
+        "ssh-keygen -lf failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("ssh-keygen -lf prints UTF-8");
+    let fp = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("odd `ssh-keygen -lf` output: {text:?}"));
+    assert!(fp.starts_with("SHA256:"), "odd fingerprint {fp:?}");
+    fp.to_string()
+}
+
+fn write_mode(path: &Path, contents: &[u8], mode: u32) {
+    fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The effective user's name: from the passwd database, else `$USER`, else `whoami`.
+fn current_user() -> String {
+    // SAFETY: getpwuid returns NULL or a pointer to a static passwd record
+    // whose pw_name is a NUL-terminated string; we copy it out immediately.
+    let from_passwd = unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            None
+        } else {
+            Some(
+                std::ffi::CStr::from_ptr((*pw).pw_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        }
+    };
+    if let Some(name) = from_passwd.filter(|n| !n.is_empty()) {
+        return name;
+    }
+    if let Some(name) = std::env::var("USER").ok().filter(|n| !n.is_empty()) {
+        return name;
+    }
+    let out = Command::new("whoami").output().expect("run whoami");
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!name.is_empty(), "cannot determine the current user name");
+    name
+}
+
+/// With `UsePAM no`, sshd refuses accounts whose shadow password starts with
+/// `!`. Only checkable when /etc/shadow is readable (i.e. as root).
+fn check_account_not_locked(user: &str) {
+    let Ok(shadow) = fs::read_to_string("/etc/shadow") else {
+        return;
+    };
+    let field = shadow
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| *name == user)
+        .map(|(_, rest)| rest.split(':').next().unwrap_or(""));
+    if let Some(field) = field
+        && field.starts_with('!')
+    {
+        panic!(
+            "account {user:?} is locked in /etc/shadow (password field {field:?}); \
+             sshd with `UsePAM no` refuses locked accounts even for key logins. \
+             Unlock it without setting a password: usermod -p '*' {user}"
+        );
+    }
+}
+
+fn ensure_privsep_dir() {
+    let dir = Path::new("/run/sshd");
+    if !dir.is_dir() {
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("create /run/sshd: {e}"),
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod 0755 /run/sshd");
+    }
+}
+
+#[cfg(test)]
+mod selftest {
+    use super::Sshd;
+    use std::process::Command;
+
+    #[test]
+    fn sshd_accepts_the_user_key() {
+        let sshd = Sshd::start();
+        let out = Command::new("ssh")
+            .arg("-i")
+            .arg(sshd.user_key_path())
+            .arg("-o")
+            // Quoted: ssh splits this option's value on whitespace.
+            .arg(format!(
+                "UserKnownHostsFile=\"{}\"",
+                sshd.known_hosts_path().display()
+            ))
+            .args(["-o", "StrictHostKeyChecking=yes"])
+            .args(["-o", "BatchMode=yes"])
+            .args(["-o", "IdentitiesOnly=yes"])
+            .args(["-F", "/dev/null"])
+            .arg("-p")
+            .arg(sshd.port().to_string())
+            .arg(format!("{}@127.0.0.1", sshd.user()))
+            .arg("true")
+            .output()
+            .expect("run ssh");
+        assert!(
+            out.status.success(),
+            "ssh failed ({}): {}\n--- sshd log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            sshd.log()
+        );
+    }
+}
