@@ -25,9 +25,14 @@ pub enum Command {
     Releases(ServerArgs),
     /// Write the release artefact (tar + zstd) and its manifest without shipping.
     Package(PackageArgs),
+    /// Check a host and print fixes: SSH, disk, Node, PM2, nginx, sudo.
+    Doctor(DoctorArgs),
     /// Run the server side (started by dropship over SSH; reads its request on stdin).
     #[command(hide = true)]
     Agent,
+    /// Start the app with its runtime env (used by the process manager on the server).
+    #[command(hide = true)]
+    RunApp(RunAppArgs),
 }
 
 /// Where to connect and how.
@@ -112,9 +117,41 @@ pub struct DeployArgs {
     /// Paths kept across releases in `shared/` and linked into each release, one per flag or line.
     #[arg(long, default_value = ".env")]
     pub shared: Vec<String>,
-    /// `none`: place the files and switch `current`; nothing is started or stopped.
+    /// How the release runs.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// How releases are started, checked and switched.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Name of the app (process names, nginx upstream); default: last part of `remote-path`.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// `pm2` or `none` (files and the `current` switch only).
     #[arg(long, default_value = "pm2")]
     pub process_manager: String,
+    /// How the app starts inside its release directory.
+    #[arg(long, default_value = "node server.js")]
+    pub start: String,
+    /// `restart` (one port) or `blue-green` (two ports behind nginx, zero downtime).
+    #[arg(long, default_value = "restart")]
+    pub strategy: String,
+    /// Port of the app; with `blue-green`, two ports (`3000,3001`).
+    #[arg(long)]
+    pub app_port: Option<String>,
+    /// HTTP path checked on the new release before it gets traffic.
+    #[arg(long, default_value = "/")]
+    pub health_path: String,
+    /// Seconds the new release has to answer 2xx/3xx.
+    #[arg(long, default_value_t = 60)]
+    pub health_timeout: u64,
+    /// File dropship rewrites for `blue-green` (default `<remote-path>/.dropship/nginx-upstream.conf`).
+    #[arg(long)]
+    pub nginx_upstream: Option<String>,
+    /// Command that reloads nginx gracefully.
+    #[arg(long, default_value = "sudo -n nginx -s reload")]
+    pub nginx_reload: String,
 }
 
 /// `dropship rollback`.
@@ -126,6 +163,9 @@ pub struct RollbackArgs {
     /// The release to make live (default: the one before the live one).
     #[arg(long)]
     pub to: Option<String>,
+    /// How the release runs.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// `dropship package`.
@@ -140,4 +180,32 @@ pub struct PackageArgs {
     /// Print the outputs as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `dropship doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// How the release runs.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `dropship run-app` (hidden): what the process manager starts on the server.
+#[derive(Debug, Args)]
+pub struct RunAppArgs {
+    /// Dotenv file whose variables the app gets (`shared/.env`).
+    #[arg(long)]
+    pub env_file: PathBuf,
+    /// Port the app listens on (`PORT`; `HOSTNAME` is set to 127.0.0.1).
+    #[arg(long)]
+    pub port: u16,
+    /// Directories put in front of `PATH` (where Node was found).
+    #[arg(long)]
+    pub path_prefix: Option<String>,
+    /// The start command, run with `sh -c`.
+    #[arg(last = true, required = true)]
+    pub start: Vec<String>,
 }

@@ -5,18 +5,19 @@ use std::io::{BufWriter, Write};
 
 use serde_json::json;
 
-use crate::cli::{PackageArgs, RollbackArgs, ServerArgs};
+use crate::cli::{DoctorArgs, PackageArgs, RollbackArgs, ServerArgs};
 use crate::deploy::{connect, finish, wait_ready};
 use crate::error::{Error, Result};
 use crate::inputs::{self, Server};
 use crate::package;
-use crate::protocol::{self, Event, Request, RollbackRequest};
+use crate::protocol::{self, DoctorRequest, Event, Request, RollbackRequest};
 use crate::report::mb;
 use crate::transport::AgentBinary;
 
 /// `rollback`: make an earlier release live on every host.
 pub fn rollback(args: RollbackArgs) -> Result<()> {
     let server = Server::from_args(args.server)?;
+    let run = inputs::run_spec(&args.run, &server.remote_path)?;
     if let Some(to) = &args.to {
         protocol::check_release_id(to)
             .map_err(|p| Error::input("to", p, "pick one from `dropship releases`"))?;
@@ -25,6 +26,7 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
     let request = Request::Rollback(RollbackRequest {
         target: server.target(),
         to: args.to.clone(),
+        run,
     });
     let mut results = Vec::new();
     for host in &server.hosts {
@@ -162,4 +164,63 @@ pub fn package(args: &PackageArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `doctor`: check every host and print what to fix. Fails (exit 1) when something needs fixing.
+pub fn doctor(args: DoctorArgs) -> Result<()> {
+    let server = Server::from_args(args.server)?;
+    let run = inputs::run_spec(&args.run, &server.remote_path)?;
+    let agent = AgentBinary::default();
+    let mut problems = 0;
+    for host in &server.hosts {
+        println!("{host}:");
+        let conn = match connect(host, &server, &agent) {
+            Ok(Some(conn)) => conn,
+            Ok(None) => {
+                println!("  ✗ agent: not installed (dry run); run without --dry-run to install it");
+                problems += 1;
+                continue;
+            }
+            Err(err) => {
+                println!("  ✗ ssh: {err}");
+                if let Some(hint) = err.hint() {
+                    println!("    fix: {hint}");
+                }
+                problems += 1;
+                continue;
+            }
+        };
+        println!("  ✓ ssh: reachable, host key pinned and matching, logged in, agent running");
+        let mut conn = conn;
+        conn.send(&Request::Doctor(DoctorRequest {
+            target: server.target(),
+            run: run.clone(),
+        }))?;
+        let Event::Checks { checks } = conn.event()? else {
+            return Err(Error::Ssh {
+                host: host.to_string(),
+                step: "running doctor",
+                message: "unexpected answer".into(),
+            });
+        };
+        expect_done(&mut conn)?;
+        finish(conn)?;
+        for check in checks {
+            println!(
+                "  {} {}: {}",
+                if check.ok { "✓" } else { "✗" },
+                check.name,
+                check.detail
+            );
+            if let Some(fix) = check.fix {
+                println!("    fix: {fix}");
+                problems += 1;
+            }
+        }
+    }
+    if problems == 0 {
+        Ok(())
+    } else {
+        Err(Error::Doctor { problems })
+    }
 }

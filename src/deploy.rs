@@ -37,6 +37,8 @@ pub fn deploy(inputs: &Deploy) -> Result<Outputs> {
         shared: inputs.shared.clone(),
         keep_releases: inputs.keep_releases,
         idle_timeout_secs: IDLE_TIMEOUT_SECS,
+        server_dir: release.server_dir.clone(),
+        run: inputs.run.clone(),
     });
     let mut outputs = Outputs::new(&inputs.release, &server.remote_path, &server.hosts);
     let mut staged = Vec::new();
@@ -77,7 +79,7 @@ pub fn connect(host: &Host, server: &Server, agent: &AgentBinary) -> Result<Opti
     }
 }
 
-/// Waits through lock contention until the agent is ready (or reports its plan).
+/// The next event that is not news: lock waits and activation steps are logged on the way.
 pub fn wait_ready(conn: &mut AgentConn) -> Result<Event> {
     loop {
         match conn.event()? {
@@ -90,6 +92,7 @@ pub fn wait_ready(conn: &mut AgentConn) -> Result<Event> {
                     conn.host()
                 );
             }
+            Event::Progress { message } => tracing::info!("{}: {message}", conn.host()),
             other => return Ok(other),
         }
     }
@@ -155,7 +158,7 @@ fn switch_all(mut staged: Vec<AgentConn>, outputs: &mut Outputs) -> Result<()> {
     for i in 0..staged.len() {
         let result = staged[i]
             .send(&Command::Activate)
-            .and_then(|()| staged[i].event());
+            .and_then(|()| wait_ready(&mut staged[i]));
         let failure = match result {
             Ok(Event::Activated { .. }) => continue,
             Ok(other) => staged[i].unexpected(&other),
@@ -171,7 +174,7 @@ fn switch_all(mut staged: Vec<AgentConn>, outputs: &mut Outputs) -> Result<()> {
     }
     for mut conn in staged {
         conn.send(&Command::Commit)?;
-        match conn.event()? {
+        match wait_ready(&mut conn)? {
             Event::Done {
                 pruned,
                 peak_rss_bytes,
@@ -201,7 +204,7 @@ fn pruned_note(pruned: &[String]) -> String {
 }
 
 fn revert(conn: &mut AgentConn) {
-    let result = conn.send(&Command::Revert).and_then(|()| conn.event());
+    let result = conn.send(&Command::Revert).and_then(|()| wait_ready(conn));
     match result {
         Ok(Event::Reverted { live }) => {
             tracing::warn!(

@@ -104,6 +104,9 @@ pub enum Error {
         status: String,
         stderr: String,
     },
+    /// `doctor` found things to fix.
+    #[error("doctor found {problems} thing(s) to fix (see above)")]
+    Doctor { problems: usize },
     /// A local failure inside the agent (the agent reports these to the client).
     #[error("{}", .0.message)]
     Agent(Failure),
@@ -153,7 +156,8 @@ impl Error {
             | Error::Build { .. }
             | Error::Connect { .. }
             | Error::Ssh { .. }
-            | Error::AgentDied { .. } => ExitStatus::Failed,
+            | Error::AgentDied { .. }
+            | Error::Doctor { .. } => ExitStatus::Failed,
         }
     }
 
@@ -181,7 +185,7 @@ impl Error {
                 "check that the public half of this key is in ~{user}/.ssh/authorized_keys on the server, that `user` is right, and that the secret holds the whole private key (with its BEGIN/END lines)"
             ),
             Error::Remote { failure, .. } | Error::Agent(failure) => failure.hint.clone()?,
-            Error::Local { .. } | Error::AgentDied { .. } => return None,
+            Error::Local { .. } | Error::AgentDied { .. } | Error::Doctor { .. } => return None,
         })
     }
 

@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::cli::{DeployArgs, ServerArgs, SourceArgs};
+use crate::cli::{DeployArgs, RunArgs, ServerArgs, SourceArgs};
 use crate::error::{Error, Result};
 use crate::package::{DEFAULT_EXCLUDE, SourceSpec};
-use crate::protocol;
+use crate::protocol::{self, ProcessManager, RunSpec, Strategy};
 use crate::transport::{Credentials, Host, Pinning, PrivateKey};
 
 /// Where to go and how to get in.
@@ -42,21 +42,13 @@ pub struct Deploy {
     pub keep_releases: usize,
     /// Paths kept across releases.
     pub shared: Vec<String>,
+    /// How the release runs.
+    pub run: RunSpec,
 }
 
 impl Deploy {
     /// Validates `deploy`'s arguments.
     pub fn from_args(args: DeployArgs) -> Result<Deploy> {
-        if args.process_manager != "none" {
-            return Err(Error::input(
-                "process-manager",
-                format!(
-                    "`{}` is not supported by this version yet",
-                    args.process_manager
-                ),
-                "use `none`: dropship places the files and switches `current`; restart the app yourself",
-            ));
-        }
         if args.keep_releases < 2 {
             return Err(Error::input(
                 "keep-releases",
@@ -83,8 +75,10 @@ impl Deploy {
         };
         protocol::check_release_id(&release)
             .map_err(|problem| Error::input("release", problem, "e.g. `20261126-abc1234`"))?;
+        let server = Server::from_args(args.server)?;
         Ok(Deploy {
-            server: Server::from_args(args.server)?,
+            run: run_spec(&args.run, &server.remote_path)?,
+            server,
             build: args.source.build.filter(|b| !b.trim().is_empty()),
             source,
             release,
@@ -92,6 +86,139 @@ impl Deploy {
             shared,
         })
     }
+}
+
+/// Validates how releases run: process manager, strategy, ports, health check, nginx.
+pub fn run_spec(args: &RunArgs, remote_path: &str) -> Result<RunSpec> {
+    let process_manager = match args.process_manager.as_str() {
+        "pm2" => ProcessManager::Pm2,
+        "none" => ProcessManager::None,
+        "systemd" => {
+            return Err(Error::input(
+                "process-manager",
+                "`systemd` is not supported yet",
+                "use `pm2` (default) or `none`",
+            ));
+        }
+        other => {
+            return Err(Error::input(
+                "process-manager",
+                format!("`{other}` is not a process manager dropship knows"),
+                "use `pm2` (default) or `none`",
+            ));
+        }
+    };
+    let strategy = match args.strategy.as_str() {
+        "restart" => Strategy::Restart,
+        "blue-green" => Strategy::BlueGreen,
+        other => {
+            return Err(Error::input(
+                "strategy",
+                format!("`{other}` is not a strategy"),
+                "use `restart` or `blue-green`",
+            ));
+        }
+    };
+    let ports = parse_ports(args.app_port.as_deref(), strategy)?;
+    if strategy == Strategy::BlueGreen && process_manager == ProcessManager::None {
+        return Err(Error::input(
+            "strategy",
+            "`blue-green` needs a process manager to start the new release",
+            "use `process-manager: pm2`, or `strategy: restart`",
+        ));
+    }
+    if !args.health_path.starts_with('/')
+        || args
+            .health_path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::input(
+            "health-path",
+            format!("`{}` is not an HTTP path", args.health_path),
+            "e.g. `/` or `/api/health`",
+        ));
+    }
+    if args.start.trim().is_empty() {
+        return Err(Error::input("start", "is empty", "e.g. `node server.js`"));
+    }
+    let app = match &args.app {
+        Some(app) => app.clone(),
+        None => remote_path
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let app_ok = !app.is_empty()
+        && app.len() <= 64
+        && app
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if !app_ok {
+        return Err(Error::input(
+            "app",
+            format!("`{app}` cannot name processes and an nginx upstream"),
+            "use letters, digits, `-`, `_` and `.`, e.g. `mysite`",
+        ));
+    }
+    let nginx_upstream = args
+        .nginx_upstream
+        .clone()
+        .unwrap_or_else(|| format!("{remote_path}/.dropship/nginx-upstream.conf"));
+    if !nginx_upstream.starts_with('/') {
+        return Err(Error::input(
+            "nginx-upstream",
+            "must be an absolute path",
+            "e.g. `/etc/nginx/dropship/mysite.conf`",
+        ));
+    }
+    Ok(RunSpec {
+        app,
+        process_manager,
+        start: args.start.trim().to_owned(),
+        strategy,
+        ports,
+        health_path: args.health_path.clone(),
+        health_timeout_secs: args.health_timeout,
+        nginx_upstream,
+        nginx_reload: args.nginx_reload.clone(),
+    })
+}
+
+fn parse_ports(text: Option<&str>, strategy: Strategy) -> Result<Vec<u16>> {
+    let text = text.unwrap_or(match strategy {
+        Strategy::Restart => "3000",
+        Strategy::BlueGreen => "3000,3001",
+    });
+    let ports: Vec<u16> = text
+        .split([',', ' '])
+        .filter(|p| !p.is_empty())
+        .map(|p| p.trim().parse::<u16>().ok().filter(|p| *p > 0))
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            Error::input(
+                "app-port",
+                format!("`{text}` is not a port list"),
+                "e.g. `3000` or `3000,3001`",
+            )
+        })?;
+    let wanted = if strategy == Strategy::BlueGreen {
+        2
+    } else {
+        1
+    };
+    if ports.len() != wanted || (wanted == 2 && ports[0] == ports[1]) {
+        return Err(Error::input(
+            "app-port",
+            format!(
+                "`{text}`: the `{}` strategy needs {wanted} distinct port(s)",
+                if wanted == 2 { "blue-green" } else { "restart" }
+            ),
+            "e.g. `3000` for restart, `3000,3001` for blue-green",
+        ));
+    }
+    Ok(ports)
 }
 
 /// Validates the source arguments.

@@ -6,13 +6,17 @@
 //! `deploy` orchestrates it; `protocol` and `manifest` are the contract between
 //! the client and the agent.
 
+mod action;
 mod agent;
 mod build;
 mod cli;
 mod commands;
 mod deploy;
+mod dotenv;
 mod error;
+mod github;
 mod inputs;
+mod launch;
 mod manifest;
 mod package;
 mod protocol;
@@ -28,6 +32,14 @@ pub use error::{Error, ExitStatus};
 
 /// Runs dropship with `args` (including the program name); returns the exit code.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    // The GitHub Action: no sub-command given, the options come from `INPUT_*`.
+    if action::applies(&args) {
+        match action::load() {
+            Ok(action_args) => args = action_args,
+            Err(err) => return action::fail(&err),
+        }
+    }
     let cli = match cli::Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(err) => {
@@ -39,8 +51,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             });
         }
     };
-    if matches!(cli.command, cli::Command::Agent) {
-        return ExitCode::from(agent::run() as u8);
+    match &cli.command {
+        cli::Command::Agent => return ExitCode::from(agent::run() as u8),
+        cli::Command::RunApp(args) => return launch::run(args),
+        _ => {}
     }
     report::init_logging();
     match dispatch(cli.command) {
@@ -65,6 +79,7 @@ fn dispatch(command: cli::Command) -> Result<(), Error> {
         cli::Command::Rollback(args) => commands::rollback(args),
         cli::Command::Releases(args) => commands::releases(args),
         cli::Command::Package(args) => commands::package(&args),
-        cli::Command::Agent => Ok(()),
+        cli::Command::Doctor(args) => commands::doctor(args),
+        cli::Command::Agent | cli::Command::RunApp(_) => Ok(()),
     }
 }

@@ -23,6 +23,30 @@ pub enum Request {
     Rollback(RollbackRequest),
     /// List the releases on the host.
     Releases(Target),
+    /// Check the host's set-up and say how to fix it.
+    Doctor(DoctorRequest),
+}
+
+/// What `doctor` checks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DoctorRequest {
+    /// Where.
+    pub target: Target,
+    /// How releases would run.
+    pub run: RunSpec,
+}
+
+/// One finding of `doctor`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Whether it is fine.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+    /// How to fix it, when not fine.
+    pub fix: Option<String>,
 }
 
 /// Where on the host, and on whose behalf.
@@ -55,6 +79,53 @@ pub struct DeployRequest {
     pub keep_releases: usize,
     /// Seconds of silence from the client after which the agent gives up.
     pub idle_timeout_secs: u64,
+    /// Where `server.js` sits inside the release (`.` at the top).
+    pub server_dir: String,
+    /// How the release is run and switched.
+    pub run: RunSpec,
+}
+
+/// How releases are started, checked and switched on a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Name of the app: process names and the nginx upstream.
+    pub app: String,
+    /// Who keeps the app running.
+    pub process_manager: ProcessManager,
+    /// How the app starts inside its release directory (a shell command).
+    pub start: String,
+    /// How traffic moves to the new release.
+    pub strategy: Strategy,
+    /// One port (`restart`) or two (`blue-green`).
+    pub ports: Vec<u16>,
+    /// HTTP path checked before the release gets traffic.
+    pub health_path: String,
+    /// Seconds the new release has to answer 2xx/3xx.
+    pub health_timeout_secs: u64,
+    /// File rewritten with the live upstream (`blue-green`).
+    pub nginx_upstream: String,
+    /// Command that reloads nginx gracefully (`blue-green`).
+    pub nginx_reload: String,
+}
+
+/// Who keeps the app running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessManager {
+    /// PM2, found in the server's usual Node locations.
+    Pm2,
+    /// Nothing: dropship places files and switches `current` only.
+    None,
+}
+
+/// How traffic moves to a new release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Stop the old process, start the new one on the same port.
+    Restart,
+    /// Start the new one on the idle port, check it, switch nginx, drain, stop the old one.
+    BlueGreen,
 }
 
 /// Which release to go back to.
@@ -64,6 +135,8 @@ pub struct RollbackRequest {
     pub target: Target,
     /// The release to make live; `None` means the one before the live one.
     pub to: Option<String>,
+    /// How the release is run and switched.
+    pub run: RunSpec,
 }
 
 /// What the client tells the agent after the stream.
@@ -121,6 +194,11 @@ pub enum Event {
         /// The release directory.
         path: String,
     },
+    /// A step of activation (starting, health check, nginx switch, drain, stop).
+    Progress {
+        /// What happened.
+        message: String,
+    },
     /// `current` points at `release` now.
     Activated {
         /// The release now live.
@@ -139,6 +217,11 @@ pub enum Event {
         pruned: Vec<String>,
         /// The agent's peak resident memory, in bytes.
         peak_rss_bytes: u64,
+    },
+    /// What `doctor` found.
+    Checks {
+        /// One per check.
+        checks: Vec<Check>,
     },
     /// The releases on the host, oldest first.
     Releases {

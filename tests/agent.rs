@@ -54,6 +54,8 @@ fn run_agent(root: &Path, entries: Value, stream: Vec<u8>) -> Output {
         "shared": [".env"],
         "keep_releases": 5,
         "idle_timeout_secs": 10,
+        "server_dir": ".",
+        "run": crate::test::run_none(),
     });
     let mut input = serde_json::to_vec(&request).unwrap();
     input.push(b'\n');

@@ -10,7 +10,11 @@ mod deploy;
 mod ssh;
 // The agent refusing hostile streams and manifests.
 mod agent;
+// Starting releases with PM2, health checks, blue-green through nginx.
+mod activate;
 // Two deploys to one host at once.
 mod lock;
 // `dropship package` and source detection errors.
 mod package;
+// The GitHub Action face: options from INPUT_* variables.
+mod action;

@@ -21,6 +21,8 @@ fn hold_lock(root: &Path) -> (Child, ChildStdin) {
         "shared": [],
         "keep_releases": 5,
         "idle_timeout_secs": 60,
+        "server_dir": ".",
+        "run": crate::test::run_none(),
     });
     let mut child = Test::new().arg("agent").spawn_piped();
     let mut stdin = child.stdin.take().unwrap();

@@ -152,3 +152,12 @@ pub fn ssh_args(sshd: &Sshd, remote: &Path) -> Vec<OsString> {
         remote.into(),
     ]
 }
+
+/// The `run` part of a hand-written agent request: files and the switch only.
+pub fn run_none() -> serde_json::Value {
+    serde_json::json!({
+        "app": "app", "process_manager": "none", "start": "node server.js", "strategy": "restart",
+        "ports": [3000], "health_path": "/", "health_timeout_secs": 5,
+        "nginx_upstream": "/tmp/none.conf", "nginx_reload": "true",
+    })
+}

@@ -4,9 +4,14 @@
 //! receive, verify, switch, prune) and reports [`Event`]s on stdout. It knows
 //! nothing about GitHub or SSH: only the protocol and the store.
 
+mod activate;
+mod doctor;
+mod health;
 mod idle;
+mod pm2;
 mod receive;
 mod store;
+mod tools;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -20,6 +25,7 @@ use crate::protocol::{
     self, Command, DeployRequest, Event, Failure, FailureKind, PROTOCOL_VERSION, Request,
     RollbackRequest, Target,
 };
+use activate::Activator;
 use idle::IdleReader;
 pub use store::Store;
 
@@ -84,6 +90,12 @@ impl<W: Write> Session<W> {
             Request::Deploy(request) => self.deploy(&request),
             Request::Rollback(request) => self.rollback(&request),
             Request::Releases(target) => self.releases(&target),
+            Request::Doctor(request) => {
+                let store = self.open(&request.target)?;
+                let checks = doctor::checks(&store, &request.target.root, &request.run);
+                self.emit(&Event::Checks { checks })?;
+                self.done(Vec::new())
+            }
         }
     }
 
@@ -115,6 +127,7 @@ impl<W: Write> Session<W> {
         if request.target.dry_run {
             return self.plan(&store, request);
         }
+        let activator = Activator::new(&store, &request.run)?;
         let _lock = self.lock(
             &store,
             &request.target,
@@ -138,15 +151,20 @@ impl<W: Write> Session<W> {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(err);
         }
-        self.activate(&store, request)
+        self.activate(&store, &activator, request)
     }
 
     fn stage(&mut self, store: &Store, request: &DeployRequest, staging: &Path) -> Result<()> {
         let received = receive::receive(&mut self.input, &request.manifest, staging)?;
         store.link_shared(staging, &request.shared)?;
         store::sync_filesystem(staging)?;
-        let dest =
-            store.commit_staging(staging, &request.release, received.files, received.bytes)?;
+        let dest = store.commit_staging(
+            staging,
+            &request.release,
+            received.files,
+            received.bytes,
+            &request.server_dir,
+        )?;
         self.emit(&Event::Staged {
             files: received.files,
             bytes: received.bytes,
@@ -154,9 +172,14 @@ impl<W: Write> Session<W> {
         })
     }
 
-    /// Switches on `activate`, keeps on `commit`; anything else (revert, end of
+    /// Activates on `activate`, keeps on `commit`; anything else (revert, end of
     /// input, silence) puts back what was live and removes the new release.
-    fn activate(&mut self, store: &Store, request: &DeployRequest) -> Result<()> {
+    fn activate(
+        &mut self,
+        store: &Store,
+        activator: &Activator<'_>,
+        request: &DeployRequest,
+    ) -> Result<()> {
         let previous = store.live();
         let by = &request.target.by;
         if self.read::<Command>().ok().flatten() != Some(Command::Activate) {
@@ -165,15 +188,25 @@ impl<W: Write> Session<W> {
                 "the client withdrew before activation; the release was discarded".into(),
             ));
         }
-        store.switch(&request.release)?;
+        if let Err(err) =
+            activator.activate(&request.release, previous.as_deref(), &mut self.progress())
+        {
+            store.discard(&request.release)?;
+            return Err(err);
+        }
         self.emit(&Event::Activated {
             release: request.release.clone(),
             previous: previous.clone(),
         })?;
         if self.read::<Command>().ok().flatten() != Some(Command::Commit) {
             match &previous {
-                Some(previous) => store.switch(previous)?,
-                None => store.unset_live()?,
+                Some(previous) => {
+                    activator.activate(previous, Some(&request.release), &mut self.progress())?
+                }
+                None => {
+                    activator.stop_all()?;
+                    store.unset_live()?;
+                }
             }
             store.discard(&request.release)?;
             store.log("revert", previous.as_deref(), Some(&request.release), by)?;
@@ -186,6 +219,13 @@ impl<W: Write> Session<W> {
             &[previous, Some(request.release.clone())],
         )?;
         self.done(pruned)
+    }
+
+    /// A progress callback that reports each activation step to the client.
+    fn progress(&mut self) -> impl FnMut(String) + '_ {
+        |message| {
+            let _ = self.emit(&Event::Progress { message });
+        }
     }
 
     fn plan(&mut self, store: &Store, request: &DeployRequest) -> Result<()> {
@@ -261,7 +301,11 @@ impl<W: Write> Session<W> {
             })?;
             return self.done(Vec::new());
         }
-        store.switch(&to)?;
+        Activator::new(&store, &request.run)?.activate(
+            &to,
+            live.as_deref(),
+            &mut self.progress(),
+        )?;
         store.log("rollback", Some(&to), live.as_deref(), &request.target.by)?;
         self.emit(&Event::Activated {
             release: to,

@@ -32,6 +32,19 @@ struct Meta {
     created: u64,
     files: u64,
     bytes: u64,
+    #[serde(default = "top")]
+    server_dir: String,
+}
+
+fn top() -> String {
+    ".".into()
+}
+
+/// What is running, for `blue-green`: the port that serves traffic.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    /// The port nginx sends traffic to.
+    pub live_port: Option<u16>,
 }
 
 /// A held deploy lock; dropping it (or the process dying) releases it.
@@ -252,7 +265,43 @@ impl Store {
                     .map_or(0, |d| d.as_secs()),
                 files: 0,
                 bytes: 0,
+                server_dir: top(),
             })
+    }
+
+    /// The real directory of a release's `server.js`.
+    pub fn app_dir(&self, release: &str) -> PathBuf {
+        let dir = self.release_dir(release);
+        let server_dir = self.read_meta(release, &dir).server_dir;
+        if server_dir == "." {
+            dir
+        } else {
+            dir.join(server_dir)
+        }
+    }
+
+    /// `shared/.env`, the runtime env of every release.
+    pub fn env_file(&self) -> PathBuf {
+        self.root.join("shared/.env")
+    }
+
+    /// Where the app's logs go.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dot().join("logs")
+    }
+
+    /// The running state (`.dropship/state.json`); empty when missing.
+    pub fn state(&self) -> State {
+        fs::read(self.dot().join("state.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records the running state.
+    pub fn set_state(&self, state: &State) -> Result<()> {
+        let path = self.dot().join("state.json");
+        write_atomically(&path, &serde_json::to_vec(state).unwrap_or_default(), 0o644)
     }
 
     /// Moves a fully written, synced staging directory to `releases/<id>`.
@@ -262,11 +311,13 @@ impl Store {
         release: &str,
         files: u64,
         bytes: u64,
+        server_dir: &str,
     ) -> Result<PathBuf> {
         let meta = Meta {
             created: now_secs(),
             files,
             bytes,
+            server_dir: server_dir.to_owned(),
         };
         let meta_path = self.meta_path(release);
         write_atomically(

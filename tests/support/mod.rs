@@ -5,5 +5,6 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod runtime;
 pub mod sshd;
 pub mod tree;

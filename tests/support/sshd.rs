@@ -89,6 +89,11 @@ impl Sshd {
     /// within 10 s; retries with a new port up to 5 times if the port was
     /// taken in between picking and binding it.
     pub fn start() -> Sshd {
+        Sshd::start_with_env(&[])
+    }
+
+    /// Like [`Sshd::start`], with `SetEnv` variables in every session (e.g. `PM2_HOME`).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Sshd {
         let user = current_user();
         check_account_not_locked(&user);
         if is_root() {
@@ -121,7 +126,7 @@ impl Sshd {
         for attempt in 1..=START_ATTEMPTS {
             let port = free_port();
             let config = d.join("sshd_config");
-            fs::write(&config, sshd_config(d, port)).expect("write sshd_config");
+            fs::write(&config, sshd_config(d, port, env)).expect("write sshd_config");
             let log_path = d.join("sshd.log");
             let log = fs::File::create(&log_path).expect("create sshd.log");
             let child = Command::new(SSHD)
@@ -276,7 +281,7 @@ impl Drop for Sshd {
     }
 }
 
-fn sshd_config(dir: &Path, port: u16) -> String {
+fn sshd_config(dir: &Path, port: u16, env: &[(&str, &str)]) -> String {
     let d = dir.display();
     // Paths are quoted so a temp dir with spaces still works.
     format!(
@@ -298,7 +303,13 @@ LogLevel VERBOSE
 ClientAliveInterval 15
 MaxSessions 20
 MaxStartups 50
-"#
+{set_env}"#,
+        set_env = if env.is_empty() {
+            String::new()
+        } else {
+            let pairs: Vec<String> = env.iter().map(|(k, v)| format!("\"{k}={v}\"")).collect();
+            format!("SetEnv {}\n", pairs.join(" "))
+        }
     )
 }
 

@@ -1,0 +1,295 @@
+//! Making a release live, by strategy. On any failure what was live keeps
+//! serving: `restart` puts the previous release back and starts it again;
+//! `blue-green` never sends traffic to a release that failed its health check.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::health::{self, Probe};
+use super::pm2::{Launch, Pm2};
+use super::store::{self, State, Store};
+use super::tools;
+use crate::error::{Error, Result};
+use crate::protocol::{Failure, FailureKind, ProcessManager, RunSpec, Strategy};
+
+/// How long in-flight requests get to finish on the old release.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the app is asked whether it is healthy.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Starts, checks and switches releases for one app.
+pub struct Activator<'a> {
+    store: &'a Store,
+    run: &'a RunSpec,
+    pm2: Option<Pm2>,
+}
+
+impl<'a> Activator<'a> {
+    /// Finds the process manager now, so that a missing Node or PM2 fails before anything changes.
+    pub fn new(store: &'a Store, run: &'a RunSpec) -> Result<Activator<'a>> {
+        let pm2 = match run.process_manager {
+            ProcessManager::Pm2 => Some(Pm2::new(tools::find()?, store.logs_dir())),
+            ProcessManager::None => None,
+        };
+        Ok(Activator { store, run, pm2 })
+    }
+
+    /// Makes `release` live while `previous` is. `progress` hears about each step.
+    pub fn activate(
+        &self,
+        release: &str,
+        previous: Option<&str>,
+        progress: &mut dyn FnMut(String),
+    ) -> Result<()> {
+        match (&self.pm2, self.run.strategy) {
+            (None, _) => self.store.switch(release),
+            (Some(pm2), Strategy::Restart) => self.restart(pm2, release, previous, progress),
+            (Some(pm2), Strategy::BlueGreen) => self.blue_green(pm2, release, progress),
+        }
+    }
+
+    /// Stops whatever runs `release` (used when a first deploy is reverted).
+    pub fn stop_all(&self) -> Result<()> {
+        let Some(pm2) = &self.pm2 else {
+            return Ok(());
+        };
+        pm2.delete(&self.run.app)?;
+        for port in &self.run.ports {
+            pm2.delete(&format!("{}-{port}", self.run.app))?;
+        }
+        self.store.set_state(&State::default())?;
+        pm2.save()
+    }
+
+    fn restart(
+        &self,
+        pm2: &Pm2,
+        release: &str,
+        previous: Option<&str>,
+        progress: &mut dyn FnMut(String),
+    ) -> Result<()> {
+        let name = &self.run.app;
+        let port = self.run.ports[0];
+        self.store.switch(release)?;
+        pm2.delete(name)?;
+        let started = check_port_free(port)
+            .and_then(|()| self.start_checked(pm2, name, release, port, progress));
+        let Err(failure) = started else {
+            return pm2.save();
+        };
+        let _ = pm2.delete(name);
+        match previous {
+            Some(previous) => {
+                progress(format!("putting {previous} back"));
+                self.store.switch(previous)?;
+                if let Err(again) = self.start_checked(pm2, name, previous, port, progress) {
+                    progress(format!(
+                        "the previous release did not come back either: {again}"
+                    ));
+                }
+            }
+            None => self.store.unset_live()?,
+        }
+        let _ = pm2.save();
+        Err(failure)
+    }
+
+    fn blue_green(&self, pm2: &Pm2, release: &str, progress: &mut dyn FnMut(String)) -> Result<()> {
+        let app = &self.run.app;
+        let live_port = self.store.state().live_port;
+        let port = self
+            .run
+            .ports
+            .iter()
+            .copied()
+            .find(|p| Some(*p) != live_port)
+            .unwrap_or(self.run.ports[0]);
+        let name = format!("{app}-{port}");
+        pm2.delete(&name)?;
+        check_port_free(port)?;
+        if let Err(failure) = self.start_checked(pm2, &name, release, port, progress) {
+            let _ = pm2.delete(&name);
+            return Err(failure);
+        }
+        if let Err(failure) = self.switch_upstream(port) {
+            let _ = pm2.delete(&name);
+            return Err(failure);
+        }
+        progress(format!("nginx sends new requests to port {port}"));
+        self.store.switch(release)?;
+        self.store.set_state(&State {
+            live_port: Some(port),
+        })?;
+        if let Some(old) = live_port.filter(|old| *old != port) {
+            let took = drain(old);
+            progress(format!(
+                "port {old} drained in {:.1} s; stopping the old release",
+                took.as_secs_f64()
+            ));
+            pm2.delete(&format!("{app}-{old}"))?;
+        }
+        pm2.save()
+    }
+
+    /// Starts `release` as process `name` on `port` and waits until it answers.
+    fn start_checked(
+        &self,
+        pm2: &Pm2,
+        name: &str,
+        release: &str,
+        port: u16,
+        progress: &mut dyn FnMut(String),
+    ) -> Result<()> {
+        progress(format!("starting {release} on port {port}"));
+        let dir = self.store.app_dir(release);
+        pm2.start(&Launch {
+            name,
+            dir: &dir,
+            env_file: &self.store.env_file(),
+            port,
+            start: &self.run.start,
+        })?;
+        let started = Instant::now();
+        let mut last_status_check = Instant::now();
+        let probe = || {
+            if last_status_check.elapsed() >= Duration::from_secs(2) {
+                last_status_check = Instant::now();
+                match pm2.status(name) {
+                    Some((status, _)) if status != "online" && status != "launching" => {
+                        return Probe::Dead(format!("the process is {status}"));
+                    }
+                    Some((_, restarts)) if restarts > 0 => {
+                        return Probe::Dead(format!(
+                            "the process exited and was restarted {restarts} time(s)"
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            health::http_probe(port, &self.run.health_path)
+        };
+        let timeout = Duration::from_secs(self.run.health_timeout_secs);
+        match health::wait_until_healthy(probe, timeout, PROBE_INTERVAL) {
+            Ok(()) => {
+                progress(format!(
+                    "{release} is healthy on port {port} after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ));
+                Ok(())
+            }
+            Err(reason) => Err(unhealthy(
+                release,
+                port,
+                &reason,
+                &pm2.log_tail(name, 20),
+                self.run,
+            )),
+        }
+    }
+
+    /// Points the nginx upstream at `port` and reloads nginx; on failure puts the old file back.
+    fn switch_upstream(&self, port: u16) -> Result<()> {
+        let path = Path::new(&self.run.nginx_upstream);
+        let old = std::fs::read(path).ok();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|err| failed(format!("cannot create {}: {err}", dir.display()), None))?;
+        }
+        store::write_atomically(path, upstream_block(&self.run.app, port).as_bytes(), 0o644)?;
+        let reloaded = reload_nginx(&self.run.nginx_reload);
+        if reloaded.is_err() {
+            match old {
+                Some(bytes) => store::write_atomically(path, &bytes, 0o644)?,
+                None => {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            let _ = reload_nginx(&self.run.nginx_reload);
+        }
+        reloaded
+    }
+}
+
+/// The nginx `upstream` block for the live port.
+pub fn upstream_block(app: &str, port: u16) -> String {
+    format!(
+        "# Written by dropship: where {app}'s traffic goes. Do not edit.\nupstream {app} {{\n    server 127.0.0.1:{port};\n    keepalive 16;\n}}\n"
+    )
+}
+
+fn reload_nginx(command: &str) -> Result<()> {
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|err| failed(format!("cannot run `{command}`: {err}"), None))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(failed(
+        format!(
+            "reloading nginx with `{command}` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+        Some(
+            "let the deploy user reload nginx without a password, e.g. `deploy ALL=(root) NOPASSWD: /usr/sbin/nginx -s reload` in /etc/sudoers.d/dropship, or set `nginx-reload`; nothing was switched",
+        ),
+    ))
+}
+
+/// Waits until no request is in flight on the old port: at least a second for
+/// nginx's old workers to stop taking requests, then no connection for half a second.
+fn drain(port: u16) -> Duration {
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut quiet_since: Option<Instant> = None;
+    while started.elapsed() < DRAIN_TIMEOUT {
+        if health::established_connections(port) == 0 {
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_millis(500) {
+                break;
+            }
+        } else {
+            quiet_since = None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+fn check_port_free(port: u16) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
+        return Err(failed(
+            format!("port {port} is already taken by another process"),
+            Some("stop whatever listens there (`ss -ltnp`), or choose other ports with `app-port`"),
+        ));
+    }
+    Ok(())
+}
+
+fn unhealthy(release: &str, port: u16, reason: &str, logs: &str, run: &RunSpec) -> Error {
+    let rule = "-".repeat(60);
+    let logs = if logs.trim().is_empty() {
+        "(the app wrote no log lines)"
+    } else {
+        logs.trim()
+    };
+    failed(
+        format!(
+            "release {release} did not become healthy on port {port} within {} s: {reason}\nlast log lines of the app:\n{rule}\n{logs}\n{rule}",
+            run.health_timeout_secs
+        ),
+        Some(
+            "fix the app (the log above says why), check `start` and `health-path`, or raise `health-timeout`; the previous release keeps serving",
+        ),
+    )
+}
+
+fn failed(message: String, hint: Option<&str>) -> Error {
+    Error::Agent(Failure::new(FailureKind::Failed, message, hint))
+}
