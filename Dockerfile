@@ -44,6 +44,8 @@ COPY --from=builder /usr/local/bin/dropship /dropship
 FROM node:24-bookworm-slim AS runtime
 
 # git: the release id falls back to `git rev-parse HEAD`, and builds often call git.
+# safe.directory: GitHub mounts the workspace (owned by the runner's user) into this
+# container, which runs as root; git refuses such a repository without it.
 # ca-certificates: HTTPS from the user's build (npm, fetches in `next build`).
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -51,8 +53,6 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && corepack enable \
     && git config --system --add safe.directory '*'
-# safe.directory: GitHub mounts the workspace (owned by the runner's user) into this
-# container, which runs as root; git refuses such a repository without it.
 
 ENV COREPACK_ENABLE_DOWNLOAD_PROMPT=0 \
     NEXT_TELEMETRY_DISABLED=1

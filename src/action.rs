@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::process::ExitCode;
-use std::sync::OnceLock;
 
 use clap::CommandFactory;
 
@@ -78,10 +77,10 @@ const INPUTS: &[(&str, &str, Kind)] = &[
     ("health-timeout", "health-timeout", Kind::Value),
     ("rollout", "rollout", Kind::Value),
     ("batch-size", "batch-size", Kind::Value),
-    ("env", "", Kind::Kept),
-    ("github-token", "", Kind::Kept),
-    ("environment", "", Kind::Kept),
-    ("environment-url", "", Kind::Kept),
+    ("env", "env", Kind::Text),
+    ("github-token", "github-token", Kind::Text),
+    ("environment", "environment", Kind::Value),
+    ("environment-url", "environment-url", Kind::Value),
     // Rollback and package.
     ("to", "to", Kind::Value),
     ("output", "output", Kind::Value),
@@ -90,42 +89,6 @@ const INPUTS: &[(&str, &str, Kind)] = &[
 /// The sub-commands input `command` may name.
 const COMMANDS: &[&str] = &["deploy", "rollback", "releases", "package"];
 
-/// What the Action's inputs amount to.
-#[derive(Clone, Debug)]
-#[allow(
-    dead_code,
-    reason = "the deploy flow reads the kept inputs through `current` next"
-)]
-pub struct ActionRun {
-    /// The argument vector for clap, program name first. It never becomes a
-    /// real process argv (it is parsed in this process), so the key and other
-    /// secrets in it are not visible to other users.
-    pub args: Vec<OsString>,
-    /// The sub-command (`deploy`, `rollback`, `releases` or `package`).
-    pub command: String,
-    /// Input `github-token`, for the Deployments API; `None` skips it.
-    pub github_token: Option<String>,
-    /// Input `environment` (default `production`).
-    pub environment: String,
-    /// Input `environment-url`.
-    pub environment_url: Option<String>,
-    /// Input `env`, as given (dotenv text).
-    pub env_text: Option<String>,
-    /// Input `env`, parsed (already checked: it is valid dotenv).
-    pub env: Vec<(String, String)>,
-}
-
-static CURRENT: OnceLock<ActionRun> = OnceLock::new();
-
-/// The inputs of this run when dropship runs as the Action (set by [`load`]).
-#[allow(
-    dead_code,
-    reason = "the deploy flow reads the kept inputs through it next"
-)]
-pub fn current() -> Option<&'static ActionRun> {
-    CURRENT.get()
-}
-
 /// Whether `args` (program name included) ask for the Action face:
 /// `GITHUB_ACTIONS=true` and no argument after the program name.
 pub fn applies(args: &[OsString]) -> bool {
@@ -133,7 +96,7 @@ pub fn applies(args: &[OsString]) -> bool {
 }
 
 /// Reads the inputs from this process's environment (see [`args_from_env`]),
-/// remembers them for [`current`], and returns the argument vector.
+/// and returns the argument vector.
 pub fn load() -> Result<Vec<OsString>, Error> {
     let vars: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(name, value)| {
@@ -142,10 +105,7 @@ pub fn load() -> Result<Vec<OsString>, Error> {
                 .then(|| (name, value.to_string_lossy().into_owned()))
         })
         .collect();
-    let run = args_from_env(&vars)?;
-    let args = run.args.clone();
-    let _ = CURRENT.set(run);
-    Ok(args)
+    args_from_env(&vars)
 }
 
 /// Reports `err` (in Actions an `::error` annotation with the hint, otherwise
@@ -164,12 +124,15 @@ pub fn fail(err: &Error) -> ExitCode {
     ExitCode::from(err.exit_status() as u8)
 }
 
-/// Turns the `INPUT_*` variables in `vars` into an [`ActionRun`]. Before
+/// Turns the `INPUT_*` variables in `vars` into the argument vector for clap,
+/// program name first. It never becomes a real process argv (it is parsed in
+/// this process), so the key and other secrets in it are not visible to other
+/// users. Before
 /// anything else is printed, the secrets (`key`, `key-passphrase`,
 /// `github-token`, every value of `env`) are masked; unknown inputs are then
 /// warned about (with the closest known name). A bad value is an
 /// [`Error::Input`] (exit 2) naming the input.
-pub fn args_from_env(vars: &[(String, String)]) -> Result<ActionRun, Error> {
+pub fn args_from_env(vars: &[(String, String)]) -> Result<Vec<OsString>, Error> {
     let inputs = Inputs::read(vars)?;
     for secret in inputs.secrets() {
         github::add_mask(&secret);
@@ -299,7 +262,7 @@ impl Inputs {
         unknown.chain(unsupported).collect()
     }
 
-    fn plan(&self) -> Result<ActionRun, Error> {
+    fn plan(&self) -> Result<Vec<OsString>, Error> {
         let command = self
             .get("command")
             .map_or("deploy", str::trim)
@@ -368,29 +331,7 @@ impl Inputs {
                 ));
             }
         }
-        let env_text = self.get("env").map(str::to_string);
-        let env = match &env_text {
-            Some(text) => dotenv::parse(text).map_err(|err| {
-                Error::input(
-                    "env",
-                    err.to_string(),
-                    "write one KEY=value a line; put values with spaces, `#` or new lines in double quotes",
-                )
-            })?,
-            None => Vec::new(),
-        };
-        Ok(ActionRun {
-            args,
-            command,
-            github_token: self.get("github-token").map(|t| t.trim().to_string()),
-            environment: self
-                .get("environment")
-                .map_or("production", str::trim)
-                .to_string(),
-            environment_url: self.get("environment-url").map(|u| u.trim().to_string()),
-            env_text,
-            env,
-        })
+        Ok(args)
     }
 }
 
@@ -446,13 +387,12 @@ mod tests {
             .collect()
     }
 
-    fn plan(list: &[(&str, &str)]) -> Result<ActionRun, Error> {
+    fn plan(list: &[(&str, &str)]) -> Result<Vec<OsString>, Error> {
         Inputs::read(&vars(list))?.plan()
     }
 
-    fn args(run: &ActionRun) -> Vec<String> {
-        run.args
-            .iter()
+    fn args(run: &[OsString]) -> Vec<String> {
+        run.iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
     }
@@ -470,7 +410,6 @@ mod tests {
             ("PATH", "/usr/bin"),
         ])
         .unwrap();
-        assert_eq!(run.command, "deploy");
         assert_eq!(
             args(&run),
             [
@@ -486,7 +425,7 @@ mod tests {
             ]
         );
         // clap accepts the vector.
-        crate::cli::Cli::try_parse_from(&run.args).unwrap();
+        crate::cli::Cli::try_parse_from(&run).unwrap();
     }
 
     #[test]
@@ -558,7 +497,7 @@ mod tests {
     }
 
     #[test]
-    fn kept_inputs_are_not_flags() {
+    fn env_and_github_inputs_become_flags() {
         let run = plan(&[
             ("INPUT_HOST", "local"),
             ("INPUT_REMOTE-PATH", "/srv/app"),
@@ -573,20 +512,12 @@ mod tests {
                 "dropship",
                 "deploy",
                 "--host=local",
-                "--remote-path=/srv/app"
+                "--remote-path=/srv/app",
+                "--env=export A=1\nB=\"two\nlines\"\n",
+                "--github-token=ghs_abc",
+                "--environment-url=https://example.com",
             ]
         );
-        assert_eq!(run.github_token.as_deref(), Some("ghs_abc"));
-        assert_eq!(run.environment, "production");
-        assert_eq!(run.environment_url.as_deref(), Some("https://example.com"));
-        assert_eq!(
-            run.env,
-            [
-                ("A".to_string(), "1".to_string()),
-                ("B".to_string(), "two\nlines".to_string())
-            ]
-        );
-        assert!(run.env_text.is_some());
     }
 
     #[test]
@@ -670,22 +601,6 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.exit_status(), crate::error::ExitStatus::BadInput);
-    }
-
-    #[test]
-    fn bad_env_is_an_input_error_without_the_value() {
-        let err = plan(&[
-            ("INPUT_HOST", "local"),
-            ("INPUT_REMOTE-PATH", "/srv/app"),
-            ("INPUT_ENV", "A=1\nSECRET=\"s3cr3t\n"),
-        ])
-        .unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.starts_with("input `env`: line 2: unterminated double quote"),
-            "{text}"
-        );
-        assert!(!text.contains("s3cr3t"));
     }
 
     /// Every flag of every sub-command is reachable from an input (or is CLI-only),

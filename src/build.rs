@@ -6,14 +6,23 @@ use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
 
-/// Runs `command` with `sh -c` in `working_directory`; its output goes to stderr
-/// so that `--json` output on stdout stays clean.
-pub fn run(command: &str, working_directory: &Path) -> Result<()> {
+/// Runs `command` with `sh -c` in `working_directory`, with the env map and
+/// `DROPSHIP_RELEASE` in its environment (that is how `NEXT_PUBLIC_*` values get
+/// inlined at build time). Its output goes to stderr so that `--json` output on
+/// stdout stays clean.
+pub fn run(
+    command: &str,
+    working_directory: &Path,
+    env: &[(String, String)],
+    release: &str,
+) -> Result<()> {
     tracing::info!("build: {command}");
     let status = Command::new("sh")
         .arg("-c")
         .arg(command)
         .current_dir(working_directory)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("DROPSHIP_RELEASE", release)
         .stdin(Stdio::null())
         .stdout(Stdio::from(std::io::stderr()))
         .status()

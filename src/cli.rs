@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Package the app, ship it to every host, and make it the live release.
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// Make an earlier release live again.
     Rollback(RollbackArgs),
     /// List the releases on each host, marking the live one.
@@ -120,6 +120,29 @@ pub struct DeployArgs {
     /// How the release runs.
     #[command(flatten)]
     pub run: RunArgs,
+    /// Env and GitHub.
+    #[command(flatten)]
+    pub context: ContextArgs,
+}
+
+/// The env map and the GitHub deployment record.
+#[derive(Debug, Args)]
+pub struct ContextArgs {
+    /// Dotenv text given to `build` and written on the server as `shared/.env` (0600). Prefer `--env-file`: arguments are visible to other users.
+    #[arg(long, env = "DROPSHIP_ENV", hide_env_values = true)]
+    pub env: Option<String>,
+    /// File of dotenv text (see `--env`).
+    #[arg(long, conflicts_with = "env")]
+    pub env_file: Option<PathBuf>,
+    /// Token for the GitHub Deployments API (in Actions); empty skips it.
+    #[arg(long)]
+    pub github_token: Option<String>,
+    /// GitHub environment name.
+    #[arg(long, default_value = "production")]
+    pub environment: String,
+    /// URL shown on the deployment and in the outputs.
+    #[arg(long)]
+    pub environment_url: Option<String>,
 }
 
 /// How releases are started, checked and switched.

@@ -5,14 +5,61 @@ use std::io::{BufWriter, Write};
 
 use serde_json::json;
 
-use crate::cli::{DoctorArgs, PackageArgs, RollbackArgs, ServerArgs};
+use crate::cli::{DeployArgs, DoctorArgs, PackageArgs, RollbackArgs, ServerArgs};
 use crate::deploy::{connect, finish, wait_ready};
 use crate::error::{Error, Result};
+use crate::github;
 use crate::inputs::{self, Server};
 use crate::package;
 use crate::protocol::{self, DoctorRequest, Event, Request, RollbackRequest};
-use crate::report::mb;
+use crate::report::{Outputs, mb};
 use crate::transport::AgentBinary;
+
+/// `deploy`, with what surrounds it in Actions: the GitHub deployment record,
+/// the step outputs, the job summary and an error annotation on failure.
+pub fn deploy(args: DeployArgs) -> Result<()> {
+    let inputs = inputs::Deploy::from_args(args)?;
+    let mut outputs = Outputs::new(
+        &inputs.release,
+        &inputs.server.remote_path,
+        &inputs.server.hosts,
+    );
+    outputs.url = inputs.github.environment_url.clone().unwrap_or_default();
+    let mut record = (!inputs.server.dry_run)
+        .then(|| {
+            github::Deployments::from_env(
+                inputs.github.token.as_deref(),
+                &inputs.github.environment,
+            )
+        })
+        .flatten();
+    if let Some(record) = &mut record {
+        outputs.deployment_id = std::env::var("GITHUB_SHA")
+            .ok()
+            .and_then(|sha| record.start(&sha));
+    }
+    let result = crate::deploy::deploy(&inputs, &mut outputs);
+    if let Some(record) = &mut record {
+        record.finish(result.is_ok(), inputs.github.environment_url.as_deref());
+    }
+    if inputs.server.json && result.is_ok() {
+        println!("{}", outputs.to_json());
+    }
+    if let Some(path) = std::env::var_os("GITHUB_OUTPUT") {
+        let pairs = outputs.pairs();
+        let pairs: Vec<(&str, String)> = pairs.iter().map(|(k, v)| (*k, v.clone())).collect();
+        if let Err(err) = github::write_outputs(std::path::Path::new(&path), &pairs) {
+            tracing::warn!("cannot write the step outputs: {err}");
+        }
+    }
+    if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") {
+        let summary = outputs.summary(result.as_ref().err());
+        if let Err(err) = github::append_summary(std::path::Path::new(&path), &summary) {
+            tracing::warn!("cannot write the job summary: {err}");
+        }
+    }
+    result
+}
 
 /// `rollback`: make an earlier release live on every host.
 pub fn rollback(args: RollbackArgs) -> Result<()> {
@@ -34,7 +81,7 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
             continue;
         };
         conn.send(&request)?;
-        match wait_ready(&mut conn)? {
+        match wait_ready(&mut conn, &mut Vec::new())? {
             Event::Activated { release, previous } => {
                 tracing::info!(
                     "{host}: live: {release} (was {})",
@@ -123,7 +170,7 @@ pub fn package(args: &PackageArgs) -> Result<()> {
         .as_deref()
         .filter(|b| !b.trim().is_empty())
     {
-        crate::build::run(command, &args.source.working_directory)?;
+        crate::build::run(command, &args.source.working_directory, &[], "package")?;
     }
     let release = package::assemble(&inputs::source_spec(&args.source))?;
     let file =

@@ -1,33 +1,58 @@
 //! The client's orchestration of a deploy: build, package once, stage on every
 //! host, then switch them all — or, if any host fails, leave every host on what
-//! it served before.
+//! it served before. It fills [`Outputs`] as it goes, so that a failure still
+//! has a summary.
 
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::github;
 use crate::inputs::{Deploy, Server};
 use crate::package::{self, Release};
 use crate::protocol::{Command, DeployRequest, Event, Request};
-use crate::report::{Outputs, mb};
+use crate::report::{HostReport, Outputs, mb};
 use crate::transport::{self, AgentBinary, AgentConn, Host, Opened};
 
 /// Seconds of client silence after which an agent gives up.
 const IDLE_TIMEOUT_SECS: u64 = 300;
 
-/// Runs `deploy` and returns its outputs.
-pub fn deploy(inputs: &Deploy) -> Result<Outputs> {
+/// Runs `deploy`, recording what happened in `outputs`.
+pub fn deploy(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
     let started = Instant::now();
+    let result = run(inputs, outputs);
+    outputs.duration_ms = started.elapsed().as_millis();
+    result
+}
+
+fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
+    let env = inputs.env.as_deref().unwrap_or_default();
     if let Some(command) = &inputs.build {
-        crate::build::run(command, &inputs.source.working_directory)?;
+        let _group = github::Group::new("build");
+        let started = Instant::now();
+        crate::build::run(
+            command,
+            &inputs.source.working_directory,
+            env,
+            &inputs.release,
+        )?;
+        outputs.build_secs = started.elapsed().as_secs_f64();
     }
-    let release = package::assemble(&inputs.source)?;
-    tracing::info!(
-        "package: {} — {} files, {}, server.js in `{}`",
-        release.description,
-        release.manifest.file_count(),
-        mb(release.manifest.total_bytes()),
-        release.server_dir
-    );
+    let release = {
+        let _group = github::Group::new("package");
+        let started = Instant::now();
+        let release = package::assemble(&inputs.source)?;
+        outputs.package_secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            "package: {} — {} files, {}, server.js in `{}`",
+            release.description,
+            release.manifest.file_count(),
+            mb(release.manifest.total_bytes()),
+            release.server_dir
+        );
+        release
+    };
+    outputs.files = release.manifest.file_count();
+    outputs.release_bytes = release.manifest.total_bytes();
     let server = &inputs.server;
     let agent = AgentBinary::default();
     let request = Request::Deploy(DeployRequest {
@@ -39,11 +64,31 @@ pub fn deploy(inputs: &Deploy) -> Result<Outputs> {
         idle_timeout_secs: IDLE_TIMEOUT_SECS,
         server_dir: release.server_dir.clone(),
         run: inputs.run.clone(),
+        env: inputs.env.as_deref().map(crate::dotenv::render),
     });
-    let mut outputs = Outputs::new(&inputs.release, &server.remote_path, &server.hosts);
     let mut staged = Vec::new();
     for host in &server.hosts {
-        match stage(host, server, &agent, &request, &release, &mut outputs) {
+        let _group = github::Group::new(&format!("upload to {host}"));
+        let mut report = HostReport {
+            host: host.to_string(),
+            ..HostReport::default()
+        };
+        let result = stage(
+            host,
+            server,
+            &agent,
+            &request,
+            &release,
+            &mut report,
+            outputs,
+        );
+        report.result = match &result {
+            Ok(Some(_)) => "staged".into(),
+            Ok(None) => "dry run".into(),
+            Err(_) => "failed".into(),
+        };
+        outputs.per_host.push(report);
+        match result {
             Ok(Some(conn)) => staged.push(conn),
             Ok(None) => {}
             Err(err) => {
@@ -52,11 +97,8 @@ pub fn deploy(inputs: &Deploy) -> Result<Outputs> {
             }
         }
     }
-    if !server.dry_run {
-        switch_all(staged, &mut outputs)?;
-    }
-    outputs.duration_ms = started.elapsed().as_millis();
-    Ok(outputs)
+    let _group = github::Group::new("switch");
+    switch_all(staged, outputs)
 }
 
 /// Starts the agent on `host`; `None` in a dry run on a host without the agent.
@@ -79,8 +121,9 @@ pub fn connect(host: &Host, server: &Server, agent: &AgentBinary) -> Result<Opti
     }
 }
 
-/// The next event that is not news: lock waits and activation steps are logged on the way.
-pub fn wait_ready(conn: &mut AgentConn) -> Result<Event> {
+/// The next event that is not news: lock waits and activation steps are logged
+/// (and activation steps kept in `steps`) on the way.
+pub fn wait_ready(conn: &mut AgentConn, steps: &mut Vec<String>) -> Result<Event> {
     loop {
         match conn.event()? {
             Event::Waiting {
@@ -92,7 +135,10 @@ pub fn wait_ready(conn: &mut AgentConn) -> Result<Event> {
                     conn.host()
                 );
             }
-            Event::Progress { message } => tracing::info!("{}: {message}", conn.host()),
+            Event::Progress { message } => {
+                tracing::info!("{}: {message}", conn.host());
+                steps.push(message);
+            }
             other => return Ok(other),
         }
     }
@@ -104,13 +150,17 @@ fn stage(
     agent: &AgentBinary,
     request: &Request,
     release: &Release,
+    report: &mut HostReport,
     outputs: &mut Outputs,
 ) -> Result<Option<AgentConn>> {
+    let started = Instant::now();
     let Some(mut conn) = connect(host, server, agent)? else {
         return Ok(None);
     };
     conn.send(request)?;
-    match wait_ready(&mut conn)? {
+    let ready = wait_ready(&mut conn, &mut report.steps)?;
+    report.connect_secs = started.elapsed().as_secs_f64();
+    match ready {
         Event::Ready { live, free_bytes } => {
             tracing::info!(
                 "{host}: ready (live: {}, {} free)",
@@ -141,6 +191,7 @@ fn stage(
     match conn.event()? {
         Event::Staged { files, .. } => {
             let secs = started.elapsed().as_secs_f64();
+            report.stage_secs = secs;
             tracing::info!(
                 "{host}: staged {files} files: {} sent in {secs:.2} s ({:.1} MB/s)",
                 mb(compressed),
@@ -149,32 +200,44 @@ fn stage(
         }
         other => return Err(conn.unexpected(&other)),
     }
+    report.bytes_sent = conn.bytes_sent();
     outputs.artifact_bytes = compressed;
     Ok(Some(conn))
 }
 
 /// Switches every staged host; if one fails, puts the switched ones back.
 fn switch_all(mut staged: Vec<AgentConn>, outputs: &mut Outputs) -> Result<()> {
+    let first = outputs.per_host.len() - staged.len();
     for i in 0..staged.len() {
+        let started = Instant::now();
+        let report = &mut outputs.per_host[first + i];
         let result = staged[i]
             .send(&Command::Activate)
-            .and_then(|()| wait_ready(&mut staged[i]));
+            .and_then(|()| wait_ready(&mut staged[i], &mut report.steps));
+        report.activate_secs = started.elapsed().as_secs_f64();
         let failure = match result {
             Ok(Event::Activated { .. }) => continue,
             Ok(other) => staged[i].unexpected(&other),
             Err(err) => err,
         };
+        report.result = "failed".into();
         let rest = staged.split_off(i);
-        for mut conn in staged {
-            revert(&mut conn);
+        for (j, mut conn) in staged.into_iter().enumerate() {
+            let report = &mut outputs.per_host[first + j];
+            revert(&mut conn, &mut report.steps);
+            report.result = "put back".into();
+            outputs.bytes_sent += conn.bytes_sent();
+        }
+        for conn in &rest {
             outputs.bytes_sent += conn.bytes_sent();
         }
         abort(rest);
         return Err(failure);
     }
-    for mut conn in staged {
+    for (i, mut conn) in staged.into_iter().enumerate() {
+        let report = &mut outputs.per_host[first + i];
         conn.send(&Command::Commit)?;
-        match wait_ready(&mut conn)? {
+        match wait_ready(&mut conn, &mut report.steps)? {
             Event::Done {
                 pruned,
                 peak_rss_bytes,
@@ -186,9 +249,11 @@ fn switch_all(mut staged: Vec<AgentConn>, outputs: &mut Outputs) -> Result<()> {
                     pruned_note(&pruned)
                 );
                 outputs.agent_peak_rss_bytes = outputs.agent_peak_rss_bytes.max(peak_rss_bytes);
+                report.result = "live".into();
             }
             other => return Err(conn.unexpected(&other)),
         }
+        report.bytes_sent = conn.bytes_sent();
         outputs.bytes_sent += conn.bytes_sent();
         finish(conn)?;
     }
@@ -203,8 +268,10 @@ fn pruned_note(pruned: &[String]) -> String {
     }
 }
 
-fn revert(conn: &mut AgentConn) {
-    let result = conn.send(&Command::Revert).and_then(|()| wait_ready(conn));
+fn revert(conn: &mut AgentConn, steps: &mut Vec<String>) {
+    let result = conn
+        .send(&Command::Revert)
+        .and_then(|()| wait_ready(conn, steps));
     match result {
         Ok(Event::Reverted { live }) => {
             tracing::warn!(

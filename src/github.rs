@@ -8,7 +8,6 @@
 
 // Outputs, the step summary and Deployments are wired into the deploy flow next;
 // remove this then.
-#![allow(dead_code)]
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -45,17 +44,25 @@ fn mask_commands(value: &str) -> Vec<String> {
         .collect()
 }
 
-/// Starts a collapsible group of log lines (Actions only).
-pub fn group(title: &str) {
-    if is_actions() {
-        println!("::group::{}", escape_data(title));
+/// A collapsible group of log lines in Actions, closed when dropped (nothing elsewhere).
+pub struct Group(bool);
+
+impl Group {
+    /// Opens a group titled `dropship: <title>`.
+    pub fn new(title: &str) -> Group {
+        let on = is_actions();
+        if on {
+            println!("::group::dropship: {}", escape_data(title));
+        }
+        Group(on)
     }
 }
 
-/// Ends the group started by [`group`] (Actions only).
-pub fn endgroup() {
-    if is_actions() {
-        println!("::endgroup::");
+impl Drop for Group {
+    fn drop(&mut self) {
+        if self.0 {
+            println!("::endgroup::");
+        }
     }
 }
 
@@ -326,11 +333,13 @@ impl Deployments {
     }
 
     /// The id of the deployment created by [`Deployments::start`].
+    #[cfg(test)]
     pub fn id(&self) -> Option<u64> {
         self.id
     }
 
     /// The warnings issued so far (each was also printed).
+    #[cfg(test)]
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }

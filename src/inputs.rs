@@ -44,6 +44,20 @@ pub struct Deploy {
     pub shared: Vec<String>,
     /// How the release runs.
     pub run: RunSpec,
+    /// The env map: given to `build`, written as `shared/.env` on the server.
+    pub env: Option<Vec<(String, String)>>,
+    /// The GitHub deployment record.
+    pub github: GithubSpec,
+}
+
+/// Where the deploy is recorded on GitHub.
+pub struct GithubSpec {
+    /// Token for the Deployments API; `None` skips it.
+    pub token: Option<String>,
+    /// GitHub environment name.
+    pub environment: String,
+    /// URL of the deployed site.
+    pub environment_url: Option<String>,
 }
 
 impl Deploy {
@@ -76,7 +90,30 @@ impl Deploy {
         protocol::check_release_id(&release)
             .map_err(|problem| Error::input("release", problem, "e.g. `20261126-abc1234`"))?;
         let server = Server::from_args(args.server)?;
+        let context = args.context;
+        let env_text = match (context.env, &context.env_file) {
+            (Some(text), _) => Some(text),
+            (None, Some(path)) => Some(read_text(path, "env-file")?),
+            (None, None) => None,
+        };
+        let env = env_text
+            .map(|text| {
+                crate::dotenv::parse(&text).map_err(|err| {
+                    Error::input(
+                        "env",
+                        err.to_string(),
+                        "write one KEY=value a line; put values with spaces, `#` or new lines in double quotes",
+                    )
+                })
+            })
+            .transpose()?;
         Ok(Deploy {
+            env,
+            github: GithubSpec {
+                token: context.github_token.filter(|t| !t.trim().is_empty()),
+                environment: context.environment,
+                environment_url: context.environment_url.filter(|u| !u.trim().is_empty()),
+            },
             run: run_spec(&args.run, &server.remote_path)?,
             server,
             build: args.source.build.filter(|b| !b.trim().is_empty()),

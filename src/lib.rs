@@ -59,23 +59,13 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     report::init_logging();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            report::print_error(&err);
-            ExitCode::from(err.exit_status() as u8)
-        }
+        Err(err) => action::fail(&err),
     }
 }
 
 fn dispatch(command: cli::Command) -> Result<(), Error> {
     match command {
-        cli::Command::Deploy(args) => {
-            let inputs = inputs::Deploy::from_args(args)?;
-            let outputs = deploy::deploy(&inputs)?;
-            if inputs.server.json {
-                println!("{}", outputs.to_json());
-            }
-            Ok(())
-        }
+        cli::Command::Deploy(args) => commands::deploy(*args),
         cli::Command::Rollback(args) => commands::rollback(args),
         cli::Command::Releases(args) => commands::releases(args),
         cli::Command::Package(args) => commands::package(&args),

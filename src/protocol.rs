@@ -83,6 +83,8 @@ pub struct DeployRequest {
     pub server_dir: String,
     /// How the release is run and switched.
     pub run: RunSpec,
+    /// New content of `shared/.env` (dotenv text), written at activation; `None` keeps it.
+    pub env: Option<String>,
 }
 
 /// How releases are started, checked and switched on a host.

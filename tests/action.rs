@@ -91,3 +91,223 @@ fn a_missing_required_input_is_named() {
         text(&out.stdout)
     );
 }
+
+/// Every byte a run produced, searched for secret values.
+fn assert_no_secret(haystacks: &[(&str, &str)], secrets: &[&str]) {
+    for (name, text) in haystacks {
+        for secret in secrets {
+            assert!(
+                !text.contains(secret),
+                "secret `{secret}` leaked into {name}:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_whole_action_run_over_ssh_reports_everything_and_leaks_nothing() {
+    use crate::support::{fake_github::FakeGithub, runtime, sshd::Sshd};
+    use std::os::unix::fs::PermissionsExt;
+
+    let pm2 = runtime::Pm2Home::new();
+    let sshd = Sshd::start_with_env(&[("PM2_HOME", &pm2.path_str())]);
+    let github = FakeGithub::start();
+    let work = tempfile::tempdir().unwrap();
+    let app = runtime::node_app(work.path(), "v1", runtime::Behaviour::Healthy);
+    let remote = work.path().join("site");
+    let port = runtime::free_port();
+    let (output, summary) = (work.path().join("output"), work.path().join("summary.md"));
+    let secrets = [
+        "gr33ting-Secret-A1",
+        "line one of B2\nline two of B2",
+        "ghs_T0KEN_C3",
+    ];
+    let env = format!(
+        "GREETING={}\nMULTI=\"{}\"\n",
+        secrets[0],
+        secrets[1].replace('\n', "\\n")
+    );
+    let key = sshd.user_key();
+    let build = "printf '%s|%s' \"$GREETING\" \"$DROPSHIP_RELEASE\" > build-saw.txt";
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dropship"));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("INPUT_") || name.starts_with("GITHUB_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_OUTPUT", &output)
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .env("GITHUB_SHA", "0123456789abcdef0123456789abcdef01234567")
+        .env("GITHUB_REPOSITORY", "acme/site")
+        .env("GITHUB_API_URL", &github.url)
+        .env("GITHUB_SERVER_URL", "https://github.example")
+        .env("GITHUB_RUN_ID", "99")
+        .env("INPUT_HOST", sshd.host_spec())
+        .env("INPUT_KEY", &key)
+        .env("INPUT_KNOWN-HOSTS", sshd.known_hosts_line())
+        .env("INPUT_REMOTE-PATH", &remote)
+        .env("INPUT_WORKING-DIRECTORY", &app)
+        .env("INPUT_BUILD", build)
+        .env("INPUT_ENV", &env)
+        .env("INPUT_APP-PORT", port.to_string())
+        .env("INPUT_GITHUB-TOKEN", secrets[2])
+        .env("INPUT_ENVIRONMENT-URL", "https://site.example")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().unwrap();
+    // Sample the process list while the deploy runs, on both "sides" (one machine here).
+    let mut ps_samples = String::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        ps_samples.push_str(&text(&ps.stdout));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+
+    // The build saw the env map and the release id; the app sees the runtime env.
+    let saw = std::fs::read_to_string(app.join("build-saw.txt")).unwrap();
+    assert!(saw.starts_with(&format!("{}|", secrets[0])), "{saw}");
+    assert!(runtime::get(port).unwrap().contains(secrets[0]));
+    let env_file = remote.join("shared/.env");
+    assert_eq!(
+        std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        std::fs::read_to_string(&env_file)
+            .unwrap()
+            .contains(secrets[0])
+    );
+
+    // Masks first, line by line for the multi-line value; groups per phase.
+    assert!(stdout.starts_with("::add-mask::"), "{stdout}");
+    for line in secrets.iter().flat_map(|s| s.lines()) {
+        assert!(
+            stdout.contains(&format!("::add-mask::{line}\n")),
+            "no mask for {line}:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("::group::dropship: package") && stdout.contains("::endgroup::"),
+        "{stdout}"
+    );
+
+    // Outputs in the multi-line-safe form, and a summary that says what happened.
+    let outputs = std::fs::read_to_string(&output).unwrap();
+    let release = saw.split('|').nth(1).unwrap().to_owned();
+    for name in [
+        "release",
+        "release-path",
+        "hosts",
+        "url",
+        "artifact-bytes",
+        "bytes-sent",
+        "duration-ms",
+        "deployment-id",
+    ] {
+        assert!(
+            outputs.contains(&format!("{name}<<ghadelimiter_")),
+            "{name} missing:\n{outputs}"
+        );
+    }
+    assert!(outputs.contains(&format!("\n{release}\n")), "{outputs}");
+    assert!(outputs.contains("\n42\n"), "deployment-id:\n{outputs}");
+    let summary_text = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        summary_text.contains(&format!("release `{release}` ✅ live")),
+        "{summary_text}"
+    );
+    assert!(
+        summary_text.contains("is healthy on port"),
+        "{summary_text}"
+    );
+    assert!(
+        summary_text.contains("https://site.example"),
+        "{summary_text}"
+    );
+
+    // The Deployments API got exactly what GitHub expects.
+    let seen = github.seen();
+    let calls: Vec<(String, String)> = seen
+        .iter()
+        .map(|s| (s.method.clone(), s.path.clone()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("POST".to_owned(), "/repos/acme/site/deployments".to_owned()),
+            (
+                "POST".to_owned(),
+                "/repos/acme/site/deployments/42/statuses".to_owned()
+            ),
+            (
+                "POST".to_owned(),
+                "/repos/acme/site/deployments/42/statuses".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(
+        seen[0].body["ref"],
+        "0123456789abcdef0123456789abcdef01234567"
+    );
+    assert_eq!(seen[0].body["environment"], "production");
+    assert_eq!(seen[1].body["state"], "in_progress");
+    assert_eq!(seen[2].body["state"], "success");
+    assert_eq!(seen[2].body["environment_url"], "https://site.example");
+    assert_eq!(
+        seen[2].body["log_url"],
+        "https://github.example/acme/site/actions/runs/99"
+    );
+    assert!(seen[0].authorization.ends_with(secrets[2]));
+
+    // No secret anywhere but shared/.env (and the masks, which are how Actions hides them).
+    let unmasked: String = stdout
+        .lines()
+        .filter(|l| !l.starts_with("::add-mask::"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut server_files = String::new();
+    for entry in walk(&remote) {
+        if entry.ends_with("shared/.env") || entry.is_symlink() || !entry.is_file() {
+            continue;
+        }
+        server_files.push_str(&String::from_utf8_lossy(
+            &std::fs::read(&entry).unwrap_or_default(),
+        ));
+    }
+    let secret_lines: Vec<&str> = secrets.iter().flat_map(|s| s.lines()).collect();
+    assert_no_secret(
+        &[
+            ("stdout", &unmasked),
+            ("stderr", &stderr),
+            ("the summary", &summary_text),
+            ("the outputs", &outputs),
+            ("the process list", &ps_samples),
+            ("files on the server", &server_files),
+        ],
+        &secret_lines,
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.is_symlink() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}

@@ -188,9 +188,19 @@ impl<W: Write> Session<W> {
                 "the client withdrew before activation; the release was discarded".into(),
             ));
         }
+        // The new runtime env goes in just before the new release starts, and back out if it fails.
+        let env_before = match &request.env {
+            Some(text) => Some(store.replace_env(text)?),
+            None => None,
+        };
+        let put_env_back = |store: &Store, before: Option<Option<Vec<u8>>>| match before {
+            Some(before) => store.restore_env(before),
+            None => Ok(()),
+        };
         if let Err(err) =
             activator.activate(&request.release, previous.as_deref(), &mut self.progress())
         {
+            put_env_back(store, env_before)?;
             store.discard(&request.release)?;
             return Err(err);
         }
@@ -199,6 +209,7 @@ impl<W: Write> Session<W> {
             previous: previous.clone(),
         })?;
         if self.read::<Command>().ok().flatten() != Some(Command::Commit) {
+            put_env_back(store, env_before)?;
             match &previous {
                 Some(previous) => {
                     activator.activate(previous, Some(&request.release), &mut self.progress())?

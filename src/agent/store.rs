@@ -285,6 +285,26 @@ impl Store {
         self.root.join("shared/.env")
     }
 
+    /// Writes `shared/.env` (mode 0600); returns what it held before, for [`Store::restore_env`].
+    pub fn replace_env(&self, text: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.env_file();
+        let before = fs::read(&path).ok();
+        write_atomically(&path, text.as_bytes(), 0o600)?;
+        Ok(before)
+    }
+
+    /// Puts back what [`Store::replace_env`] replaced.
+    pub fn restore_env(&self, before: Option<Vec<u8>>) -> Result<()> {
+        let path = self.env_file();
+        match before {
+            Some(bytes) => write_atomically(&path, &bytes, 0o600),
+            None => {
+                let _ = fs::remove_file(&path);
+                Ok(())
+            }
+        }
+    }
+
     /// Where the app's logs go.
     pub fn logs_dir(&self) -> PathBuf {
         self.dot().join("logs")
