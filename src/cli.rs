@@ -117,6 +117,15 @@ pub struct DeployArgs {
     /// Paths kept across releases in `shared/` and linked into each release, one per flag or line.
     #[arg(long, default_value = ".env")]
     pub shared: Vec<String>,
+    /// Hosts served at once when `host` names several (default: all).
+    #[arg(long)]
+    pub max_parallel: Option<usize>,
+    /// `all-at-once` (stage every host, then switch all) or `rolling` (stage and switch in batches).
+    #[arg(long, default_value = "all-at-once")]
+    pub rollout: String,
+    /// Hosts per batch with `rolling`.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
     /// How the release runs.
     #[command(flatten)]
     pub run: RunArgs,

@@ -175,7 +175,7 @@ pub fn package(args: &PackageArgs) -> Result<()> {
     let release = package::assemble(&inputs::source_spec(&args.source))?;
     let file =
         File::create(&args.output).map_err(|err| Error::local("create", &args.output, err))?;
-    let out = package::write_archive(&release, BufWriter::new(file))
+    let out = package::write_archive(&release, BufWriter::new(file), None)
         .and_then(|mut out| out.flush())
         .map_err(|err| Error::local("write", &args.output, err));
     out?;

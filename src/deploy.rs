@@ -66,39 +66,119 @@ fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
         run: inputs.run.clone(),
         env: inputs.env.as_deref().map(crate::dotenv::render),
     });
-    let mut staged = Vec::new();
-    for host in &server.hosts {
+    // Activated hosts wait for `commit` until every batch is live: one failure
+    // anywhere puts every host back on what it served before.
+    let mut activated: Vec<(usize, AgentConn)> = Vec::new();
+    for batch in server.hosts.chunks(inputs.batch_size.max(1)) {
+        let staged = stage_batch(batch, inputs, &agent, &request, &release, outputs);
+        let staged = match staged {
+            Ok(staged) => staged,
+            Err(err) => {
+                revert_all(activated, outputs);
+                return Err(err);
+            }
+        };
+        if server.dry_run {
+            continue;
+        }
+        let _group = github::Group::new("switch");
+        let results = parallel(staged, inputs.max_parallel, |(index, mut conn)| {
+            let mut steps = Vec::new();
+            let started = Instant::now();
+            let result = conn
+                .send(&Command::Activate)
+                .and_then(|()| wait_ready(&mut conn, &mut steps));
+            (index, conn, steps, started.elapsed().as_secs_f64(), result)
+        });
+        let mut failure = None;
+        for (index, conn, steps, secs, result) in results {
+            let report = &mut outputs.per_host[index];
+            report.steps.extend(steps);
+            report.activate_secs = secs;
+            match result {
+                Ok(Event::Activated { .. }) => activated.push((index, conn)),
+                Ok(other) => failure = failure.or(Some((index, conn.unexpected(&other), conn))),
+                Err(err) => failure = failure.or(Some((index, err, conn))),
+            }
+        }
+        if let Some((index, err, conn)) = failure {
+            outputs.per_host[index].result = "failed".into();
+            abort(vec![conn]);
+            revert_all(activated, outputs);
+            return Err(err);
+        }
+    }
+    commit_all(activated, outputs)
+}
+
+/// Stages one batch of hosts, `max-parallel` at a time; on any failure the
+/// others discard what they staged.
+fn stage_batch(
+    batch: &[Host],
+    inputs: &Deploy,
+    agent: &AgentBinary,
+    request: &Request,
+    release: &Release,
+    outputs: &mut Outputs,
+) -> Result<Vec<(usize, AgentConn)>> {
+    let results = parallel(batch.iter().collect(), inputs.max_parallel, |host| {
         let _group = github::Group::new(&format!("upload to {host}"));
         let mut report = HostReport {
             host: host.to_string(),
             ..HostReport::default()
         };
-        let result = stage(
-            host,
-            server,
-            &agent,
-            &request,
-            &release,
-            &mut report,
-            outputs,
-        );
+        let result = stage(host, &inputs.server, agent, request, release, &mut report);
         report.result = match &result {
             Ok(Some(_)) => "staged".into(),
             Ok(None) => "dry run".into(),
             Err(_) => "failed".into(),
         };
+        (report, result)
+    });
+    let mut staged = Vec::new();
+    let mut failure = None;
+    for (report, result) in results {
+        let index = outputs.per_host.len();
+        outputs.bytes_sent += report.bytes_sent;
         outputs.per_host.push(report);
         match result {
-            Ok(Some(conn)) => staged.push(conn),
-            Ok(None) => {}
-            Err(err) => {
-                abort(staged);
-                return Err(err);
+            Ok(Some((conn, compressed))) => {
+                outputs.artifact_bytes = compressed;
+                staged.push((index, conn));
             }
+            Ok(None) => {}
+            Err(err) => failure = failure.or(Some(err)),
         }
     }
-    let _group = github::Group::new("switch");
-    switch_all(staged, outputs)
+    match failure {
+        Some(err) => {
+            abort(staged.into_iter().map(|(_, conn)| conn).collect());
+            Err(err)
+        }
+        None => Ok(staged),
+    }
+}
+
+/// Runs `work` on every item, at most `limit` at a time, keeping the order.
+fn parallel<T: Send, R: Send>(items: Vec<T>, limit: usize, work: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let mut results = Vec::with_capacity(items.len());
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let chunk: Vec<T> = items.by_ref().take(limit.max(1)).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .into_iter()
+                .map(|item| scope.spawn(|| work(item)))
+                .collect();
+            for handle in handles {
+                match handle.join() {
+                    Ok(result) => results.push(result),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+        });
+    }
+    results
 }
 
 /// Starts the agent on `host`; `None` in a dry run on a host without the agent.
@@ -151,22 +231,31 @@ fn stage(
     request: &Request,
     release: &Release,
     report: &mut HostReport,
-    outputs: &mut Outputs,
-) -> Result<Option<AgentConn>> {
+) -> Result<Option<(AgentConn, u64)>> {
     let started = Instant::now();
     let Some(mut conn) = connect(host, server, agent)? else {
         return Ok(None);
     };
-    conn.send(request)?;
+    conn.send_request(request)?;
     let ready = wait_ready(&mut conn, &mut report.steps)?;
     report.connect_secs = started.elapsed().as_secs_f64();
-    match ready {
-        Event::Ready { live, free_bytes } => {
+    let send = match ready {
+        Event::Ready {
+            live,
+            free_bytes,
+            send,
+        } => {
             tracing::info!(
-                "{host}: ready (live: {}, {} free)",
+                "{host}: ready (live: {}, {} free){}",
                 live.as_deref().unwrap_or("nothing yet"),
-                mb(free_bytes)
+                mb(free_bytes),
+                send.as_ref().map_or(String::new(), |files| format!(
+                    "; {} of {} files are new, the others are already there",
+                    files.len(),
+                    release.manifest.file_count()
+                ))
             );
+            send
         }
         Event::Plan {
             live,
@@ -185,15 +274,15 @@ fn stage(
             return Ok(None);
         }
         other => return Err(conn.unexpected(&other)),
-    }
+    };
     let started = Instant::now();
-    let compressed = conn.stream(release)?;
+    let compressed = conn.stream(release, send.as_deref())?;
     match conn.event()? {
-        Event::Staged { files, .. } => {
+        Event::Staged { files, reused, .. } => {
             let secs = started.elapsed().as_secs_f64();
             report.stage_secs = secs;
             tracing::info!(
-                "{host}: staged {files} files: {} sent in {secs:.2} s ({:.1} MB/s)",
+                "{host}: staged {files} new and {reused} unchanged files: {} sent in {secs:.2} s ({:.1} MB/s)",
                 mb(compressed),
                 compressed as f64 / 1e6 / secs.max(1e-3)
             );
@@ -201,41 +290,14 @@ fn stage(
         other => return Err(conn.unexpected(&other)),
     }
     report.bytes_sent = conn.bytes_sent();
-    outputs.artifact_bytes = compressed;
-    Ok(Some(conn))
+    Ok(Some((conn, compressed)))
 }
 
-/// Switches every staged host; if one fails, puts the switched ones back.
-fn switch_all(mut staged: Vec<AgentConn>, outputs: &mut Outputs) -> Result<()> {
-    let first = outputs.per_host.len() - staged.len();
-    for i in 0..staged.len() {
-        let started = Instant::now();
-        let report = &mut outputs.per_host[first + i];
-        let result = staged[i]
-            .send(&Command::Activate)
-            .and_then(|()| wait_ready(&mut staged[i], &mut report.steps));
-        report.activate_secs = started.elapsed().as_secs_f64();
-        let failure = match result {
-            Ok(Event::Activated { .. }) => continue,
-            Ok(other) => staged[i].unexpected(&other),
-            Err(err) => err,
-        };
-        report.result = "failed".into();
-        let rest = staged.split_off(i);
-        for (j, mut conn) in staged.into_iter().enumerate() {
-            let report = &mut outputs.per_host[first + j];
-            revert(&mut conn, &mut report.steps);
-            report.result = "put back".into();
-            outputs.bytes_sent += conn.bytes_sent();
-        }
-        for conn in &rest {
-            outputs.bytes_sent += conn.bytes_sent();
-        }
-        abort(rest);
-        return Err(failure);
-    }
-    for (i, mut conn) in staged.into_iter().enumerate() {
-        let report = &mut outputs.per_host[first + i];
+/// Keeps the new release on every host: each agent logs it and prunes.
+fn commit_all(activated: Vec<(usize, AgentConn)>, outputs: &mut Outputs) -> Result<()> {
+    for (index, mut conn) in activated {
+        let report = &mut outputs.per_host[index];
+        let before = conn.bytes_sent();
         conn.send(&Command::Commit)?;
         match wait_ready(&mut conn, &mut report.steps)? {
             Event::Done {
@@ -253,11 +315,20 @@ fn switch_all(mut staged: Vec<AgentConn>, outputs: &mut Outputs) -> Result<()> {
             }
             other => return Err(conn.unexpected(&other)),
         }
-        report.bytes_sent = conn.bytes_sent();
-        outputs.bytes_sent += conn.bytes_sent();
+        outputs.bytes_sent += conn.bytes_sent() - before;
         finish(conn)?;
     }
     Ok(())
+}
+
+/// Puts every activated host back on what it served before.
+fn revert_all(activated: Vec<(usize, AgentConn)>, outputs: &mut Outputs) {
+    for (index, mut conn) in activated {
+        let report = &mut outputs.per_host[index];
+        revert(&mut conn, &mut report.steps);
+        report.result = "put back".into();
+        conn.finish();
+    }
 }
 
 fn pruned_note(pruned: &[String]) -> String {

@@ -48,6 +48,10 @@ pub struct Deploy {
     pub env: Option<Vec<(String, String)>>,
     /// The GitHub deployment record.
     pub github: GithubSpec,
+    /// Hosts staged or switched at once.
+    pub max_parallel: usize,
+    /// Hosts switched together: all of them, or batches of this size (`rolling`).
+    pub batch_size: usize,
 }
 
 /// Where the deploy is recorded on GitHub.
@@ -90,6 +94,36 @@ impl Deploy {
         protocol::check_release_id(&release)
             .map_err(|problem| Error::input("release", problem, "e.g. `20261126-abc1234`"))?;
         let server = Server::from_args(args.server)?;
+        let hosts = server.hosts.len();
+        let max_parallel = match args.max_parallel {
+            Some(0) => {
+                return Err(Error::input(
+                    "max-parallel",
+                    "must be at least 1",
+                    "leave it out to serve every host at once",
+                ));
+            }
+            Some(n) => n,
+            None => hosts,
+        };
+        let batch_size = match args.rollout.as_str() {
+            "all-at-once" => hosts,
+            "rolling" if args.batch_size >= 1 => args.batch_size,
+            "rolling" => {
+                return Err(Error::input(
+                    "batch-size",
+                    "must be at least 1",
+                    "e.g. `1` or `2`",
+                ));
+            }
+            other => {
+                return Err(Error::input(
+                    "rollout",
+                    format!("`{other}` is not a rollout"),
+                    "use `all-at-once` or `rolling`",
+                ));
+            }
+        };
         let context = args.context;
         let env_text = match (context.env, &context.env_file) {
             (Some(text), _) => Some(text),
@@ -108,6 +142,8 @@ impl Deploy {
             })
             .transpose()?;
         Ok(Deploy {
+            max_parallel,
+            batch_size,
             env,
             github: GithubSpec {
                 token: context.github_token.filter(|t| !t.trim().is_empty()),

@@ -14,6 +14,8 @@ mod commands;
 mod deploy;
 mod dotenv;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod github;
 mod inputs;
 mod launch;

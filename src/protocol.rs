@@ -173,6 +173,9 @@ pub enum Event {
     },
     /// The lock is held and the release may be sent.
     Ready {
+        /// Manifest indices of the files to send; `None` means all. The others
+        /// are already on the host (same content and mode) and are hard-linked.
+        send: Option<Vec<u32>>,
         /// Free bytes on the filesystem of `remote-path`.
         free_bytes: u64,
         /// The live release, if any.
@@ -189,8 +192,10 @@ pub enum Event {
     },
     /// Every file arrived, matched the manifest and is on disk.
     Staged {
-        /// Files written.
+        /// Files written from the stream.
         files: u64,
+        /// Files hard-linked from releases already on the host.
+        reused: u64,
         /// Bytes of file content written.
         bytes: u64,
         /// The release directory.

@@ -17,7 +17,7 @@ fn sha(bytes: &[u8]) -> String {
 }
 
 fn file(path: &str, content: &[u8]) -> Value {
-    json!({"path": path, "mode": 0o644, "type": "file", "size": content.len(), "sha256": sha(content)})
+    json!({"path": path, "mode": 0o644, "type": "file", "size": content.len(), "hash": sha(content)})
 }
 
 /// A raw tar entry whose name bypasses the tar crate's own path checks.

@@ -238,3 +238,44 @@ fn the_bundled_example_deploys_locally() {
     assert!(remote.join("current/public").is_dir());
     assert!(remote.join("current/.next/static").is_dir());
 }
+
+#[test]
+fn a_redeploy_sends_only_new_content_and_links_the_rest() {
+    use std::os::unix::fs::MetadataExt;
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let v1 = fixture::nextjs_app(work.path(), "v1");
+    let v2 = fixture::nextjs_app(work.path(), "v2");
+    let expected_v1 = fixture::expected_release(&v1, &work.path().join("expected-v1"));
+    let expected_v2 = fixture::expected_release(&v2, &work.path().join("expected-v2"));
+    let remote = work.path().join("app");
+
+    let first = Test::deploy_over_ssh(&sshd, &v1, &remote)
+        .args(["--release", "r1"])
+        .success()
+        .json();
+    let second = Test::deploy_over_ssh(&sshd, &v2, &remote)
+        .args(["--release", "r2"])
+        .success();
+    let staged = second
+        .stderr
+        .split("staged ")
+        .nth(1)
+        .expect("a staged line");
+    let words: Vec<&str> = staged.split_whitespace().collect();
+    let (new, old): (usize, usize) = (words[0].parse().unwrap(), words[3].parse().unwrap());
+    let all = new + old;
+    assert!(new > 0 && new * 3 < all, "{new} of {all} sent");
+    // The fixture's changed files include 200 KB of random data; the rest was not sent.
+    let sent = second.json()["artifact-bytes"].as_u64().unwrap();
+    assert!(sent < first["artifact-bytes"].as_u64().unwrap(), "{sent}");
+    tree::assert_same_tree_except(&expected_v2, &remote.join("current"), &[".env"]);
+    // The old release is untouched, and unchanged files share their inode.
+    tree::assert_same_tree_except(&expected_v1, &remote.join("releases/r1"), &[".env"]);
+    let robots = |r: &str| {
+        fs::metadata(remote.join(r).join("public/robots.txt"))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(robots("releases/r1"), robots("releases/r2"));
+}

@@ -12,9 +12,13 @@ mod ssh;
 mod agent;
 // Starting releases with PM2, health checks, blue-green through nginx.
 mod activate;
+// Several hosts in one deploy: all-at-once and rolling.
+mod hosts;
 // Two deploys to one host at once.
 mod lock;
 // `dropship package` and source detection errors.
 mod package;
 // The GitHub Action face: options from INPUT_* variables.
 mod action;
+// Issue 6: cut connections, killed clients and agents, full disks, hostile input.
+mod faults;

@@ -9,7 +9,7 @@ mod doctor;
 mod health;
 mod idle;
 mod pm2;
-mod receive;
+pub(crate) mod receive;
 mod store;
 mod tools;
 
@@ -78,12 +78,52 @@ impl<W: Write> Session<W> {
             .map_err(|err| bad_input(format!("malformed message from the client: {err}")))
     }
 
+    /// Reads the request: a JSON line, or a `zstd <length>` line followed by a
+    /// zstd frame holding the JSON (what the client sends).
+    fn read_request(&mut self) -> Result<Option<Request>> {
+        let mut line = Vec::new();
+        Read::take(&mut self.input, 64)
+            .read_until(b'\n', &mut line)
+            .map_err(|err| failed(format!("cannot read from the client: {err}")))?;
+        let Some(length) = line.strip_prefix(b"zstd ") else {
+            let mut rest = Vec::new();
+            if !line.ends_with(b"\n") {
+                Read::take(&mut self.input, MAX_LINE)
+                    .read_until(b'\n', &mut rest)
+                    .map_err(|err| failed(format!("cannot read from the client: {err}")))?;
+            }
+            line.extend_from_slice(&rest);
+            if line.is_empty() {
+                return Ok(None);
+            }
+            return serde_json::from_slice(&line)
+                .map(Some)
+                .map_err(|err| bad_input(format!("malformed request from the client: {err}")));
+        };
+        let length: u64 = std::str::from_utf8(length)
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .filter(|n| *n <= MAX_LINE)
+            .ok_or_else(|| bad_input("malformed request frame from the client".into()))?;
+        let mut frame = Vec::new();
+        Read::take(&mut self.input, length)
+            .read_to_end(&mut frame)
+            .map_err(|err| failed(format!("cannot read from the client: {err}")))?;
+        let mut json = Vec::new();
+        zstd::stream::read::Decoder::new(&frame[..])
+            .and_then(|decoder| Read::take(decoder, MAX_LINE).read_to_end(&mut json))
+            .map_err(|err| bad_input(format!("malformed request frame from the client: {err}")))?;
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|err| bad_input(format!("malformed request from the client: {err}")))
+    }
+
     fn serve(&mut self) -> Result<()> {
         self.emit(&Event::Hello {
             version: env!("CARGO_PKG_VERSION").into(),
             protocol: PROTOCOL_VERSION,
         })?;
-        let Some(request) = self.read::<Request>()? else {
+        let Some(request) = self.read_request()? else {
             return Ok(());
         };
         match request {
@@ -138,8 +178,26 @@ impl<W: Write> Session<W> {
             return Err(bad_input(format!("release `{}` already exists on this host", request.release))
                 .with_hint("deploy with another `release` id, or roll back to it with `dropship rollback --to`"));
         }
-        check_free_space(&store, request.manifest.total_bytes())?;
+        let reuse = store.reusable(&request.manifest)?;
+        let reused_bytes: u64 = reuse
+            .keys()
+            .filter_map(|&i| match &request.manifest.entries[i].kind {
+                manifest::Kind::File { size, .. } => Some(*size),
+                _ => None,
+            })
+            .sum();
+        check_free_space(&store, request.manifest.total_bytes() - reused_bytes)?;
+        let send = (!reuse.is_empty()).then(|| {
+            let files = request.manifest.entries.iter().enumerate();
+            files
+                .filter(|(i, e)| {
+                    matches!(e.kind, manifest::Kind::File { .. }) && !reuse.contains_key(i)
+                })
+                .filter_map(|(i, _)| u32::try_from(i).ok())
+                .collect()
+        });
         self.emit(&Event::Ready {
+            send,
             free_bytes: store.free_bytes(),
             live: store.live(),
         })?;
@@ -147,26 +205,32 @@ impl<W: Write> Session<W> {
             .get_mut()
             .set_timeout(Duration::from_secs(request.idle_timeout_secs));
         let staging = store.staging_dir(&request.release);
-        if let Err(err) = self.stage(&store, request, &staging) {
+        if let Err(err) = self.stage(&store, request, &staging, &reuse) {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(err);
         }
         self.activate(&store, &activator, request)
     }
 
-    fn stage(&mut self, store: &Store, request: &DeployRequest, staging: &Path) -> Result<()> {
-        let received = receive::receive(&mut self.input, &request.manifest, staging)?;
+    fn stage(
+        &mut self,
+        store: &Store,
+        request: &DeployRequest,
+        staging: &Path,
+        reuse: &std::collections::HashMap<usize, std::path::PathBuf>,
+    ) -> Result<()> {
+        let received = receive::receive(&mut self.input, &request.manifest, staging, reuse)?;
         store.link_shared(staging, &request.shared)?;
         store::sync_filesystem(staging)?;
         let dest = store.commit_staging(
             staging,
             &request.release,
-            received.files,
-            received.bytes,
+            &request.manifest,
             &request.server_dir,
         )?;
         self.emit(&Event::Staged {
             files: received.files,
+            reused: received.reused,
             bytes: received.bytes,
             path: dest.display().to_string(),
         })

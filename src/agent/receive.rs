@@ -2,11 +2,11 @@
 //! against the manifest: nothing outside the release, nothing the manifest does
 //! not list, every file byte-identical to what the client hashed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -18,8 +18,10 @@ use crate::protocol::{Failure, FailureKind};
 
 /// What was written to the staging directory.
 pub struct Received {
-    /// Regular files written.
+    /// Regular files written from the stream.
     pub files: u64,
+    /// Regular files hard-linked (or copied) from releases already here.
+    pub reused: u64,
     /// Bytes of file content written.
     pub bytes: u64,
 }
@@ -49,23 +51,42 @@ fn stream_error(err: &io::Error) -> Error {
 
 /// Reads one zstd frame holding a tar archive from `input` and writes the release
 /// under `staging` (which must not exist yet). `input` is left just past the frame.
-pub fn receive(input: &mut impl BufRead, manifest: &Manifest, staging: &Path) -> Result<Received> {
+/// The files in `reuse` (by manifest index) are not in the stream: they are
+/// hard-linked from the given copies, which have the same content and mode.
+pub fn receive(
+    input: &mut impl BufRead,
+    manifest: &Manifest,
+    staging: &Path,
+    reuse: &HashMap<usize, PathBuf>,
+) -> Result<Received> {
     fs::create_dir_all(staging).at("create", staging)?;
     let mut decoder = zstd::stream::read::Decoder::with_buffer(input)
         .map_err(|err| stream_error(&err))?
         .single_frame();
-    let received = unpack(&mut decoder, manifest, staging)?;
+    let received = unpack(&mut decoder, manifest, staging, reuse)?;
     // The tar end-of-archive blocks may be followed by padding: read to the frame's end.
     io::copy(&mut decoder.by_ref().take(1 << 20), &mut io::sink())
         .map_err(|err| stream_error(&err))?;
     Ok(received)
 }
 
-fn unpack(stream: impl Read, manifest: &Manifest, staging: &Path) -> Result<Received> {
-    let expected = manifest.by_path();
+fn unpack(
+    stream: impl Read,
+    manifest: &Manifest,
+    staging: &Path,
+    reuse: &HashMap<usize, PathBuf>,
+) -> Result<Received> {
+    let mut expected = manifest.by_path();
     let mut seen: HashSet<String> = HashSet::new();
+    for &i in reuse.keys() {
+        expected.remove(manifest.entries[i].path.as_str());
+    }
     let mut links = Vec::new();
-    let mut received = Received { files: 0, bytes: 0 };
+    let mut received = Received {
+        files: 0,
+        reused: 0,
+        bytes: 0,
+    };
     let mut archive = tar::Archive::new(stream);
     for entry in archive.entries().map_err(|err| stream_error(&err))? {
         let mut entry = entry.map_err(|err| stream_error(&err))?;
@@ -104,9 +125,9 @@ fn unpack(stream: impl Read, manifest: &Manifest, staging: &Path) -> Result<Rece
             (Kind::Dir, tar::EntryType::Directory) => {
                 fs::create_dir_all(&dest).at("create", &dest)?;
             }
-            (Kind::File { size, sha256 }, tar::EntryType::Regular | tar::EntryType::Continuous) => {
+            (Kind::File { size, hash }, tar::EntryType::Regular | tar::EntryType::Continuous) => {
                 let mtime = entry.header().mtime().unwrap_or(0);
-                write_file(&mut entry, &dest, &path, *size, sha256, listed.mode, mtime)?;
+                write_file(&mut entry, &dest, &path, *size, hash, listed.mode, mtime)?;
                 received.files += 1;
                 received.bytes += size;
             }
@@ -126,11 +147,13 @@ fn unpack(stream: impl Read, manifest: &Manifest, staging: &Path) -> Result<Rece
             }
         }
     }
-    if let Some(missing) = manifest.entries.iter().find(|e| !seen.contains(&e.path)) {
-        return Err(corrupt(format!(
-            "the stream ended before `{}`",
-            missing.path
-        )));
+    if let Some(missing) = expected.keys().find(|path| !seen.contains(**path)) {
+        return Err(corrupt(format!("the stream ended before `{missing}`")));
+    }
+    for (&i, source) in reuse {
+        let entry = &manifest.entries[i];
+        link_or_copy(source, &staging.join(&entry.path), entry)?;
+        received.reused += 1;
     }
     // Links last: no file is ever written through a link that the stream created.
     for (dest, target) in links {
@@ -153,6 +176,32 @@ fn unpack(stream: impl Read, manifest: &Manifest, staging: &Path) -> Result<Rece
     Ok(received)
 }
 
+/// Hard-links an unchanged file from an earlier release (releases are never
+/// changed in place, so sharing the inode is safe); copies and re-hashes it
+/// when the filesystem cannot link.
+fn link_or_copy(source: &Path, dest: &Path, entry: &crate::manifest::Entry) -> Result<()> {
+    let Kind::File { size, hash } = &entry.kind else {
+        return Ok(());
+    };
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).at("create", parent)?;
+    }
+    let on_disk = fs::symlink_metadata(source)
+        .map(|m| (m.is_file(), m.len()))
+        .unwrap_or((false, 0));
+    if on_disk != (true, *size) {
+        return Err(corrupt(format!(
+            "`{}` changed on the server since it was deployed",
+            source.display()
+        )));
+    }
+    if fs::hard_link(source, dest).is_ok() {
+        return Ok(());
+    }
+    let mut file = fs::File::open(source).at("open", source)?;
+    write_file(&mut file, dest, &entry.path, *size, hash, entry.mode, 0)
+}
+
 fn describe(entry_type: tar::EntryType) -> &'static str {
     match entry_type {
         tar::EntryType::Char => "character device",
@@ -168,7 +217,7 @@ fn write_file(
     dest: &Path,
     path: &str,
     size: u64,
-    sha256: &str,
+    hash: &str,
     mode: u32,
     mtime: u64,
 ) -> Result<()> {
@@ -193,10 +242,10 @@ fn write_file(
         file.write_all(&buf[..n]).at("write", dest)?;
         written += n as u64;
     }
-    let actual = manifest::hex(&hasher.finalize());
-    if written != size || actual != sha256 {
+    let actual = manifest::content_hash(&hasher.finalize());
+    if written != size || actual != hash {
         return Err(corrupt(format!(
-            "`{path}` has {written} bytes with hash {actual}, the manifest says {size} bytes with hash {sha256}"
+            "`{path}` has {written} bytes with hash {actual}, the manifest says {size} bytes with hash {hash}"
         )));
     }
     file.set_permissions(fs::Permissions::from_mode(mode & 0o777))

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::manifest::{Kind, Manifest};
 use crate::protocol::{Failure, FailureKind, ReleaseInfo};
 
 /// The deploy directory of one app on one host.
@@ -112,6 +113,52 @@ impl Store {
         self.root.join(".dropship")
     }
 
+    fn manifest_path(&self, release: &str) -> PathBuf {
+        self.dot().join("manifests").join(format!("{release}.json"))
+    }
+
+    /// For each file of `manifest` whose content and mode a release on this host
+    /// already has, where that copy is (by manifest index). The live release is
+    /// searched first; releases are immutable, so their files can be hard-linked.
+    pub fn reusable(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<std::collections::HashMap<usize, PathBuf>> {
+        let mut known: std::collections::HashMap<(&str, u64, u32), PathBuf> =
+            std::collections::HashMap::new();
+        let mut releases = self.releases()?;
+        releases.sort_by_key(|r| (r.live, r.created));
+        let stored: Vec<(String, Manifest)> = releases
+            .iter()
+            .rev()
+            .filter_map(|r| {
+                let bytes = fs::read(self.manifest_path(&r.release)).ok()?;
+                Some((r.release.clone(), serde_json::from_slice(&bytes).ok()?))
+            })
+            .collect();
+        for (release, old) in &stored {
+            let dir = self.release_dir(release);
+            for entry in &old.entries {
+                if let Kind::File { size, hash } = &entry.kind {
+                    known
+                        .entry((hash.as_str(), *size, entry.mode))
+                        .or_insert_with(|| dir.join(&entry.path));
+                }
+            }
+        }
+        Ok(manifest
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, entry)| match &entry.kind {
+                Kind::File { size, hash } => known
+                    .get(&(hash.as_str(), *size, entry.mode))
+                    .map(|p| (i, p.clone())),
+                _ => None,
+            })
+            .collect())
+    }
+
     fn meta_path(&self, release: &str) -> PathBuf {
         self.dot().join("meta").join(format!("{release}.json"))
     }
@@ -129,6 +176,7 @@ impl Store {
             self.root.join("releases"),
             self.root.join("shared"),
             self.dot().join("meta"),
+            self.dot().join("manifests"),
             self.dot().join("staging"),
         ] {
             fs::create_dir_all(&dir).at("create", &dir)?;
@@ -329,20 +377,23 @@ impl Store {
         &self,
         staging: &Path,
         release: &str,
-        files: u64,
-        bytes: u64,
+        manifest: &Manifest,
         server_dir: &str,
     ) -> Result<PathBuf> {
         let meta = Meta {
             created: now_secs(),
-            files,
-            bytes,
+            files: manifest.file_count(),
+            bytes: manifest.total_bytes(),
             server_dir: server_dir.to_owned(),
         };
-        let meta_path = self.meta_path(release);
         write_atomically(
-            &meta_path,
+            &self.meta_path(release),
             &serde_json::to_vec(&meta).unwrap_or_default(),
+            0o644,
+        )?;
+        write_atomically(
+            &self.manifest_path(release),
+            &serde_json::to_vec(manifest).unwrap_or_default(),
             0o644,
         )?;
         let dest = self.release_dir(release);
@@ -356,6 +407,7 @@ impl Store {
         let dir = self.release_dir(release);
         fs::remove_dir_all(&dir).at("remove", &dir)?;
         let _ = fs::remove_file(self.meta_path(release));
+        let _ = fs::remove_file(self.manifest_path(release));
         Ok(())
     }
 

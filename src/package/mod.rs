@@ -282,7 +282,7 @@ fn build_release(
         } else if file_type.is_file() {
             Kind::File {
                 size: item.metadata.len(),
-                sha256: hash_file(&item.source)?,
+                hash: hash_file(&item.source)?,
             }
         } else {
             return Err(Error::Source {
@@ -319,7 +319,7 @@ fn hash_file(path: &Path) -> Result<String> {
             .read(&mut buf)
             .map_err(|err| Error::local("read", path, err))?;
         if n == 0 {
-            return Ok(manifest::hex(&hasher.finalize()));
+            return Ok(manifest::content_hash(&hasher.finalize()));
         }
         hasher.update(&buf[..n]);
     }

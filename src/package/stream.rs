@@ -37,14 +37,28 @@ impl<W: Write> Write for Counter<W> {
     }
 }
 
-/// Writes `release` to `out` as one zstd frame holding a tar archive, in manifest order.
-pub fn write_archive<W: Write>(release: &Release, out: W) -> io::Result<W> {
+/// Writes `release` to `out` as one zstd frame holding a tar archive, in manifest
+/// order; with `send`, only the files whose manifest index it lists (directories
+/// and symlinks always go: they are cheap and make the tree).
+pub fn write_archive<W: Write>(release: &Release, out: W, send: Option<&[u32]>) -> io::Result<W> {
+    let send: Option<std::collections::HashSet<usize>> =
+        send.map(|indices| indices.iter().map(|&i| i as usize).collect());
     let mut encoder = zstd::stream::write::Encoder::new(out, LEVEL)?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     encoder.multithread(u32::try_from(workers).unwrap_or(1))?;
     encoder.include_checksum(true)?;
     let mut tar = tar::Builder::new(encoder);
-    for (entry, (source, mtime)) in release.manifest.entries.iter().zip(&release.sources) {
+    for (index, (entry, (source, mtime))) in release
+        .manifest
+        .entries
+        .iter()
+        .zip(&release.sources)
+        .enumerate()
+    {
+        let wanted = send.as_ref().is_none_or(|set| set.contains(&index));
+        if !wanted && matches!(entry.kind, Kind::File { .. }) {
+            continue;
+        }
         let mut header = tar::Header::new_gnu();
         header.set_mode(entry.mode);
         header.set_mtime(*mtime);

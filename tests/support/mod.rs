@@ -6,6 +6,9 @@
 
 pub mod fake_github;
 pub mod fixture;
+pub mod mount;
+pub mod process;
+pub mod proxy;
 pub mod runtime;
 pub mod sshd;
 pub mod tree;

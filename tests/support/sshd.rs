@@ -94,6 +94,26 @@ impl Sshd {
 
     /// Like [`Sshd::start`], with `SetEnv` variables in every session (e.g. `PM2_HOME`).
     pub fn start_with_env(env: &[(&str, &str)]) -> Sshd {
+        Sshd::start_with(env, None)
+    }
+
+    /// A separate "server" on this machine: every session runs in its own mount
+    /// namespace where `real` is bind-mounted over `remote`, so several test hosts
+    /// can share one `remote-path` without sharing its files. Needs root.
+    pub fn start_as_host(env: &[(&str, &str)], remote: &Path, real: &Path) -> Sshd {
+        fs::create_dir_all(remote).expect("create the shared remote path");
+        fs::create_dir_all(real).expect("create the host's own directory");
+        let script = real.with_extension("session.sh");
+        let body = format!(
+            "#!/bin/sh\nexec unshare -m sh -c 'mount --bind \"$0\" \"$1\" && exec sh -c \"$SSH_ORIGINAL_COMMAND\"' '{}' '{}'\n",
+            real.display(),
+            remote.display()
+        );
+        write_mode(&script, body.as_bytes(), 0o755);
+        Sshd::start_with(env, Some(&script))
+    }
+
+    fn start_with(env: &[(&str, &str)], force_command: Option<&Path>) -> Sshd {
         let user = current_user();
         check_account_not_locked(&user);
         if is_root() {
@@ -126,7 +146,8 @@ impl Sshd {
         for attempt in 1..=START_ATTEMPTS {
             let port = free_port();
             let config = d.join("sshd_config");
-            fs::write(&config, sshd_config(d, port, env)).expect("write sshd_config");
+            fs::write(&config, sshd_config(d, port, env, force_command))
+                .expect("write sshd_config");
             let log_path = d.join("sshd.log");
             let log = fs::File::create(&log_path).expect("create sshd.log");
             let child = Command::new(SSHD)
@@ -281,7 +302,12 @@ impl Drop for Sshd {
     }
 }
 
-fn sshd_config(dir: &Path, port: u16, env: &[(&str, &str)]) -> String {
+fn sshd_config(
+    dir: &Path,
+    port: u16,
+    env: &[(&str, &str)],
+    force_command: Option<&Path>,
+) -> String {
     let d = dir.display();
     // Paths are quoted so a temp dir with spaces still works.
     format!(
@@ -303,7 +329,8 @@ LogLevel VERBOSE
 ClientAliveInterval 15
 MaxSessions 20
 MaxStartups 50
-{set_env}"#,
+{set_env}{force}"#,
+        force = force_command.map_or(String::new(), |c| format!("ForceCommand {}\n", c.display())),
         set_env = if env.is_empty() {
             String::new()
         } else {

@@ -1,0 +1,121 @@
+//! Small filesystems for resource faults: a size- (and inode-) limited tmpfs,
+//! and a read-only bind mount. Both need root; `None` (with a printed note)
+//! when they cannot be made, so the calling test can skip. Unmounted on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn mount(args: &[&str], target: &Path) -> Result<(), String> {
+    let out = Command::new("mount")
+        .args(args)
+        .arg(target)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("cannot run mount: {err}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// A mount at `path`, unmounted (lazily, so a straggler cannot keep it) on drop.
+pub struct Mounted {
+    path: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it: `2m`, `64m`) at `path`.
+    pub fn tmpfs(path: &Path, size: &str) -> Option<Mounted> {
+        if !is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        std::fs::create_dir_all(path).expect("create the mount point");
+        match mount(
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ],
+            path,
+        ) {
+            Ok(()) => Some(Mounted {
+                path: path.to_owned(),
+            }),
+            Err(why) => {
+                eprintln!("skipped: cannot mount a tmpfs at {}: {why}", path.display());
+                None
+            }
+        }
+    }
+
+    /// Makes `path` (an existing directory) read-only by bind-mounting it onto itself.
+    pub fn read_only(path: &Path) -> Option<Mounted> {
+        if !is_root() {
+            eprintln!("skipped: a read-only bind mount needs root");
+            return None;
+        }
+        if let Err(why) = mount(&["--bind", &path.display().to_string()], path) {
+            eprintln!("skipped: cannot bind-mount {}: {why}", path.display());
+            return None;
+        }
+        let mounted = Mounted {
+            path: path.to_owned(),
+        };
+        if let Err(why) = mount(&["-o", "remount,bind,ro"], path) {
+            eprintln!(
+                "skipped: cannot remount {} read-only: {why}",
+                path.display()
+            );
+            return None;
+        }
+        Some(mounted)
+    }
+
+    /// Changes mount options in place, e.g. `nr_inodes=60` or `ro`.
+    #[track_caller]
+    pub fn remount(&self, options: &str) {
+        mount(&["-o", &format!("remount,{options}")], &self.path)
+            .unwrap_or_else(|why| panic!("remount {} {options}: {why}", self.path.display()));
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Used and free inodes, and free bytes, of the filesystem holding `path`.
+pub fn usage(path: &Path) -> (u64, u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: valid C string and writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), stat.as_mut_ptr()) };
+    assert_eq!(rc, 0, "statvfs {}", path.display());
+    // SAFETY: statvfs returned 0.
+    let stat = unsafe { stat.assume_init() };
+    (
+        stat.f_files - stat.f_ffree,
+        stat.f_ffree,
+        stat.f_bavail * stat.f_frsize,
+    )
+}
