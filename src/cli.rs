@@ -154,36 +154,68 @@ pub struct ContextArgs {
     pub environment_url: Option<String>,
 }
 
-/// How releases are started, checked and switched.
+/// How releases are started, checked and switched. Every field is optional on
+/// the command line so that `rollback` can tell "not given" (use what the last
+/// deploy used) from a default.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Name of the app (process names, nginx upstream); default: last part of `remote-path`.
     #[arg(long)]
     pub app: Option<String>,
-    /// `pm2` or `none` (files and the `current` switch only).
-    #[arg(long, default_value = "pm2")]
-    pub process_manager: String,
-    /// How the app starts inside its release directory.
-    #[arg(long, default_value = "node server.js")]
-    pub start: String,
-    /// `restart` (one port) or `blue-green` (two ports behind nginx, zero downtime).
-    #[arg(long, default_value = "restart")]
-    pub strategy: String,
-    /// Port of the app; with `blue-green`, two ports (`3000,3001`).
+    /// `pm2` (default) or `none` (files and the `current` switch only).
+    #[arg(long)]
+    pub process_manager: Option<String>,
+    /// How the app starts inside its release directory (default `node server.js`).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// `restart` (default: one port) or `blue-green` (two ports behind nginx, zero downtime).
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Port of the app (default 3000); with `blue-green`, two ports (default `3000,3001`).
     #[arg(long)]
     pub app_port: Option<String>,
-    /// HTTP path checked on the new release before it gets traffic.
-    #[arg(long, default_value = "/")]
-    pub health_path: String,
-    /// Seconds the new release has to answer 2xx/3xx.
-    #[arg(long, default_value_t = 60)]
-    pub health_timeout: u64,
+    /// HTTP path checked on the new release before it gets traffic (default `/`).
+    #[arg(long)]
+    pub health_path: Option<String>,
+    /// Seconds the new release has to answer 2xx/3xx (default 60).
+    #[arg(long)]
+    pub health_timeout: Option<u64>,
     /// File dropship rewrites for `blue-green` (default `<remote-path>/.dropship/nginx-upstream.conf`).
     #[arg(long)]
     pub nginx_upstream: Option<String>,
-    /// Command that reloads nginx gracefully.
-    #[arg(long, default_value = "sudo -n nginx -s reload")]
-    pub nginx_reload: String,
+    /// Command that reloads nginx gracefully (default `sudo -n nginx -s reload`).
+    #[arg(long)]
+    pub nginx_reload: Option<String>,
+}
+
+impl RunArgs {
+    /// Whether none of the options was given.
+    pub fn is_empty(&self) -> bool {
+        let RunArgs {
+            app,
+            process_manager,
+            start,
+            strategy,
+            app_port,
+            health_path,
+            health_timeout,
+            nginx_upstream,
+            nginx_reload,
+        } = self;
+        [
+            app,
+            process_manager,
+            start,
+            strategy,
+            app_port,
+            health_path,
+            nginx_upstream,
+            nginx_reload,
+        ]
+        .iter()
+        .all(|o| o.is_none())
+            && health_timeout.is_none()
+    }
 }
 
 /// `dropship rollback`.

@@ -74,6 +74,7 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
         target: server.target(),
         to: args.to.clone(),
         run,
+        run_given: !args.run.is_empty(),
     });
     let mut results = Vec::new();
     for host in &server.hosts {

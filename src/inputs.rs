@@ -163,7 +163,7 @@ impl Deploy {
 
 /// Validates how releases run: process manager, strategy, ports, health check, nginx.
 pub fn run_spec(args: &RunArgs, remote_path: &str) -> Result<RunSpec> {
-    let process_manager = match args.process_manager.as_str() {
+    let process_manager = match args.process_manager.as_deref().unwrap_or("pm2") {
         "pm2" => ProcessManager::Pm2,
         "none" => ProcessManager::None,
         "systemd" => {
@@ -181,7 +181,7 @@ pub fn run_spec(args: &RunArgs, remote_path: &str) -> Result<RunSpec> {
             ));
         }
     };
-    let strategy = match args.strategy.as_str() {
+    let strategy = match args.strategy.as_deref().unwrap_or("restart") {
         "restart" => Strategy::Restart,
         "blue-green" => Strategy::BlueGreen,
         other => {
@@ -200,19 +200,23 @@ pub fn run_spec(args: &RunArgs, remote_path: &str) -> Result<RunSpec> {
             "use `process-manager: pm2`, or `strategy: restart`",
         ));
     }
-    if !args.health_path.starts_with('/')
-        || args
-            .health_path
+    let health_path = args.health_path.clone().unwrap_or_else(|| "/".into());
+    let start = args
+        .start
+        .clone()
+        .unwrap_or_else(|| "node server.js".into());
+    if !health_path.starts_with('/')
+        || health_path
             .chars()
             .any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(Error::input(
             "health-path",
-            format!("`{}` is not an HTTP path", args.health_path),
+            format!("`{health_path}` is not an HTTP path"),
             "e.g. `/` or `/api/health`",
         ));
     }
-    if args.start.trim().is_empty() {
+    if start.trim().is_empty() {
         return Err(Error::input("start", "is empty", "e.g. `node server.js`"));
     }
     let app = match &args.app {
@@ -249,13 +253,16 @@ pub fn run_spec(args: &RunArgs, remote_path: &str) -> Result<RunSpec> {
     Ok(RunSpec {
         app,
         process_manager,
-        start: args.start.trim().to_owned(),
+        start: start.trim().to_owned(),
         strategy,
         ports,
-        health_path: args.health_path.clone(),
-        health_timeout_secs: args.health_timeout,
+        health_path,
+        health_timeout_secs: args.health_timeout.unwrap_or(60),
         nginx_upstream,
-        nginx_reload: args.nginx_reload.clone(),
+        nginx_reload: args
+            .nginx_reload
+            .clone()
+            .unwrap_or_else(|| "sudo -n nginx -s reload".into()),
     })
 }
 

@@ -139,6 +139,8 @@ pub struct RollbackRequest {
     pub to: Option<String>,
     /// How the release is run and switched.
     pub run: RunSpec,
+    /// Whether the user gave `run` (else the agent uses what the last deploy used, when known).
+    pub run_given: bool,
 }
 
 /// What the client tells the agent after the stream.

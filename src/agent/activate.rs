@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::health::{self, Probe};
 use super::pm2::{Launch, Pm2};
-use super::store::{self, State, Store};
+use super::store::{self, Store};
 use super::tools;
 use crate::error::{Error, Result};
 use crate::protocol::{Failure, FailureKind, ProcessManager, RunSpec, Strategy};
@@ -59,7 +59,7 @@ impl<'a> Activator<'a> {
         for port in &self.run.ports {
             pm2.delete(&format!("{}-{port}", self.run.app))?;
         }
-        self.store.set_state(&State::default())?;
+        self.store.update_state(|state| state.live_port = None)?;
         pm2.save()
     }
 
@@ -119,9 +119,8 @@ impl<'a> Activator<'a> {
         }
         progress(format!("nginx sends new requests to port {port}"));
         self.store.switch(release)?;
-        self.store.set_state(&State {
-            live_port: Some(port),
-        })?;
+        self.store
+            .update_state(|state| state.live_port = Some(port))?;
         if let Some(old) = live_port.filter(|old| *old != port) {
             let took = drain(old);
             progress(format!(

@@ -289,6 +289,7 @@ impl<W: Write> Session<W> {
             return Ok(());
         }
         store.log("deploy", Some(&request.release), previous.as_deref(), by)?;
+        store.update_state(|state| state.run = Some(request.run.clone()))?;
         let pruned = store.prune(
             request.keep_releases,
             &[previous, Some(request.release.clone())],
@@ -376,11 +377,12 @@ impl<W: Write> Session<W> {
             })?;
             return self.done(Vec::new());
         }
-        Activator::new(&store, &request.run)?.activate(
-            &to,
-            live.as_deref(),
-            &mut self.progress(),
-        )?;
+        let run = match store.state().run {
+            Some(last) if !request.run_given => last,
+            _ => request.run.clone(),
+        };
+        Activator::new(&store, &run)?.activate(&to, live.as_deref(), &mut self.progress())?;
+        store.update_state(|state| state.run = Some(run.clone()))?;
         store.log("rollback", Some(&to), live.as_deref(), &request.target.by)?;
         self.emit(&Event::Activated {
             release: to,

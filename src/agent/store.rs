@@ -41,11 +41,14 @@ fn top() -> String {
     ".".into()
 }
 
-/// What is running, for `blue-green`: the port that serves traffic.
+/// What is running: how the live release was started and where it serves.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct State {
-    /// The port nginx sends traffic to.
+    /// The port nginx sends traffic to (`blue-green`).
     pub live_port: Option<u16>,
+    /// How the live release was run, for a `rollback` given no options.
+    #[serde(default)]
+    pub run: Option<crate::protocol::RunSpec>,
 }
 
 /// A held deploy lock; dropping it (or the process dying) releases it.
@@ -366,10 +369,16 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Records the running state.
-    pub fn set_state(&self, state: &State) -> Result<()> {
+    /// Changes the running state.
+    pub fn update_state(&self, change: impl FnOnce(&mut State)) -> Result<()> {
+        let mut state = self.state();
+        change(&mut state);
         let path = self.dot().join("state.json");
-        write_atomically(&path, &serde_json::to_vec(state).unwrap_or_default(), 0o644)
+        write_atomically(
+            &path,
+            &serde_json::to_vec(&state).unwrap_or_default(),
+            0o644,
+        )
     }
 
     /// Moves a fully written, synced staging directory to `releases/<id>`.
