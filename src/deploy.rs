@@ -98,6 +98,21 @@ fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
             match result {
                 Ok(Event::Activated { .. }) => activated.push((index, conn)),
                 Ok(other) => failure = failure.or(Some((index, conn.unexpected(&other), conn))),
+                // The agent vanished mid-switch: the host may be on either release.
+                Err(Error::AgentDied {
+                    host,
+                    status,
+                    stderr,
+                }) => {
+                    let err = Error::AgentDied {
+                        status: format!(
+                            "{status}, while switching: the host may serve the old or the new release; check with `dropship releases` and run `dropship rollback` if needed"
+                        ),
+                        host,
+                        stderr,
+                    };
+                    failure = failure.or(Some((index, err, conn)));
+                }
                 Err(err) => failure = failure.or(Some((index, err, conn))),
             }
         }

@@ -84,6 +84,9 @@ pub fn manifest(data: &[u8]) {
             }
         }
         assert_eq!(parsed.by_path().len(), parsed.entries.len(), "duplicates");
+        // What the agent computes from every manifest it accepts.
+        assert!(parsed.file_count() <= parsed.entries.len() as u64);
+        let _ = parsed.total_bytes();
         let json = serde_json::to_vec(&parsed).expect("a manifest serialises");
         let again: Manifest = serde_json::from_slice(&json).expect("a manifest reads back");
         assert_eq!(again, parsed);
@@ -155,6 +158,9 @@ fn assert_stays_inside(link: &str, target: &str) {
 ///   (read leniently here; [`fixed_manifest`] when it cannot be read);
 /// - `3`: a tar archive, compressed here, received against the manifest of what it holds.
 ///
+/// In a tar archive given as it is (`1`, `3`), the header checksums are set
+/// here first, so that a changed header field reaches the code that reads it.
+///
 /// Manifests that [`Manifest::validate`] refuses are skipped (the agent refuses
 /// them before reading the stream). After each run the staging directory's parent
 /// must hold nothing but the staging directory, and after a success the staging
@@ -166,19 +172,47 @@ pub fn stream(data: &[u8]) {
 /// [`stream`], telling whether the stream was accepted (`None`: not run).
 fn stream_outcome(data: &[u8]) -> Option<bool> {
     let (&mode, rest) = data.split_first()?;
+    let mut tar = rest.to_vec();
+    if mode % 2 == 1 {
+        set_checksums(&mut tar);
+    }
     let (frame, manifest) = match mode % 4 {
-        0 => (rest.to_vec(), fixed_manifest()),
-        1 => (compress(rest), fixed_manifest()),
+        0 => (tar, fixed_manifest()),
+        1 => (compress(&tar), fixed_manifest()),
         2 => {
-            let manifest = decompress(rest)
+            let manifest = decompress(&tar)
                 .and_then(|tar| manifest_of(&tar))
                 .unwrap_or_else(fixed_manifest);
-            (rest.to_vec(), manifest)
+            (tar, manifest)
         }
-        _ => (compress(rest), manifest_of(rest)?),
+        _ => (compress(&tar), manifest_of(&tar)?),
     };
     manifest.validate().ok()?;
     Some(receive_checked(&frame, &manifest))
+}
+
+/// Sets the checksum of every header of `tar`, following the entry sizes.
+fn set_checksums(tar: &mut [u8]) {
+    let mut pos = 0usize;
+    while let Some(block) = tar.get_mut(pos..pos + 512) {
+        pos += 512;
+        if block.iter().all(|&b| b == 0) {
+            continue;
+        }
+        block[148..156].fill(b' ');
+        let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+        block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let Ok(size) = tar::Header::from_byte_slice(block).entry_size() else {
+            return;
+        };
+        let Some(next) = (size.div_ceil(512).checked_mul(512))
+            .and_then(|data| usize::try_from(data).ok())
+            .and_then(|data| pos.checked_add(data))
+        else {
+            return;
+        };
+        pos = next;
+    }
 }
 
 fn compress(tar: &[u8]) -> Vec<u8> {
@@ -378,6 +412,13 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         let json = serde_json::to_vec_pretty(manifest).expect("a manifest serialises");
         seeds.push(("manifest", format!("{name}.json"), json));
     }
+    // Sizes adding up past `u64::MAX` (overflowed `total_bytes`); now refused.
+    let hash = "0".repeat(32);
+    let overflow = format!(
+        r#"{{"entries":[{{"path":"a","mode":420,"type":"file","size":{big},"hash":"{hash}"}},{{"path":"b","mode":420,"type":"file","size":{big},"hash":"{hash}"}}]}}"#,
+        big = 1u64 << 63
+    );
+    seeds.push(("manifest", "sizes-overflow.json".into(), overflow.into()));
     for (name, link) in [
         ("link-up", "a/b/c\n../../d/e"),
         ("link-bin", "node_modules/.bin/next\n../next/dist/bin/next"),
@@ -403,7 +444,39 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         input.extend_from_slice(&body);
         seeds.push(("stream", name.to_owned(), input));
     }
+    seeds.extend(regressions());
     seeds
+}
+
+/// Stream inputs of bugs found by fuzzing (`src/agent/receive.rs` has their
+/// tests); the ones named `refused-…` must be refused, the others accepted.
+fn regressions() -> Vec<(&'static str, String, Vec<u8>)> {
+    // A file whose time, in base-256, is past what `SystemTime` holds (was a panic).
+    let mut tar = tar::Builder::new(vec![3]);
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o644);
+    header.set_size(1);
+    header.set_mtime(u64::MAX);
+    tar.append_data(&mut header, "a", &b"x"[..])
+        .expect("append to a tar in memory");
+    let mtime = tar.into_inner().expect("finish a tar in memory");
+    // A GNU long name of 300 MiB of zeros, 10 KiB compressed (was read whole into memory).
+    let mut bomb = vec![0];
+    let mut encoder =
+        zstd::stream::write::Encoder::new(&mut bomb, 3).expect("zstd compresses in memory");
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    header.set_entry_type(tar::EntryType::GNULongName);
+    header.set_size(1 << 40);
+    header.set_cksum();
+    std::io::Write::write_all(&mut encoder, header.as_bytes()).expect("compress in memory");
+    std::io::copy(&mut std::io::repeat(0).take(300 << 20), &mut encoder)
+        .expect("compress in memory");
+    encoder.finish().expect("compress in memory");
+    vec![
+        ("stream", "mtime-past-range".to_owned(), mtime),
+        ("stream", "refused-long-name-bomb".to_owned(), bomb),
+    ]
 }
 
 const DOTENV_SEEDS: &[&str] = &[
@@ -523,7 +596,7 @@ mod tests {
                 "manifest" => manifest(&input),
                 _ => {
                     let accepted = stream_outcome(&input);
-                    let expect_ok = !name.starts_with("crash-");
+                    let expect_ok = !name.starts_with("refused-");
                     assert_eq!(accepted, Some(expect_ok), "stream seed {name}");
                 }
             }

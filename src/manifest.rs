@@ -8,6 +8,10 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// The most bytes a valid manifest's files add up to (4 EiB): far above any
+/// disk, and low enough that sums over them (with margins added) cannot overflow.
+pub const MAX_TOTAL_BYTES: u64 = 1 << 62;
+
 /// All entries of one release, sorted by path (parents before children).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -72,10 +76,12 @@ impl Manifest {
 
     /// Checks that the manifest describes a tree that stays inside its root:
     /// relative normalised paths, no duplicates, every parent a directory of the
-    /// manifest, and symlinks that cannot lead outside the release.
+    /// manifest, and symlinks that cannot lead outside the release; and that its
+    /// sizes add up to at most [`MAX_TOTAL_BYTES`], so sums over them cannot overflow.
     pub fn validate(&self) -> Result<(), String> {
         let mut dirs: HashSet<&str> = HashSet::new();
         let mut seen: HashSet<&str> = HashSet::new();
+        let mut total: u64 = 0;
         for entry in &self.entries {
             check_relative_path(&entry.path)?;
             if !seen.insert(&entry.path) {
@@ -94,10 +100,16 @@ impl Manifest {
                     dirs.insert(&entry.path);
                 }
                 Kind::Symlink { target } => check_symlink_target(&entry.path, target)?,
-                Kind::File { hash, .. } => {
+                Kind::File { hash, size } => {
                     if hash.len() != 32 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
                         return Err(format!("`{}` has a malformed hash", entry.path));
                     }
+                    total = total
+                        .checked_add(*size)
+                        .filter(|total| *total <= MAX_TOTAL_BYTES)
+                        .ok_or_else(|| {
+                            format!("the files add up to more than {MAX_TOTAL_BYTES} bytes")
+                        })?;
                 }
             }
         }
@@ -236,6 +248,30 @@ mod tests {
             ],
         };
         assert!(manifest.validate().is_err());
+    }
+
+    /// Found with the fuzz harness: sizes that add up past `u64::MAX` made `total_bytes`
+    /// panic (debug) or wrap to a small number (release: the agent's free-space check).
+    #[test]
+    fn sizes_that_add_up_past_the_limit_are_refused() {
+        let file = |path: &str, size: u64| {
+            entry(
+                path,
+                Kind::File {
+                    size,
+                    hash: "0".repeat(32),
+                },
+            )
+        };
+        let manifest = Manifest {
+            entries: vec![file("a", 1 << 63), file("b", 1 << 63)],
+        };
+        assert!(manifest.validate().unwrap_err().contains("add up"));
+        let manifest = Manifest {
+            entries: vec![file("a", MAX_TOTAL_BYTES - 1), file("b", 1)],
+        };
+        assert!(manifest.validate().is_ok());
+        assert_eq!(manifest.total_bytes(), MAX_TOTAL_BYTES);
     }
 
     #[test]

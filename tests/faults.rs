@@ -15,7 +15,7 @@ use crate::support::mount::{self, Mounted};
 use crate::support::process::{self, AgentReaper, Ended, Watched};
 use crate::support::proxy::Proxy;
 use crate::support::runtime::{Pm2Home, free_port, get};
-use crate::support::sshd::{KeyKind, Sshd};
+use crate::support::sshd::Sshd;
 use crate::support::{fixture, tree};
 use crate::test::{Output, Test};
 
@@ -85,7 +85,7 @@ struct Site {
     /// Makes each deploy's unique file (files already on the host are not sent again).
     content: Rng,
     pm2: Option<(Pm2Home, u16)>,
-    work: tempfile::TempDir,
+    _work: tempfile::TempDir,
 }
 
 impl Site {
@@ -130,7 +130,7 @@ impl Site {
             releases: 0,
             content: Rng::new(SEED ^ 0xc0),
             pm2,
-            work,
+            _work: work,
         };
         // The first deploy installs the agent; later ones only stream the release.
         let out = site.deploy(false, 0, "first").run();
@@ -159,6 +159,10 @@ impl Site {
             self.sshd.port()
         };
         Test::new()
+            .env(
+                "DROPSHIP_AGENT_BINARY",
+                &process::lean_agent().display().to_string(),
+            )
             .args([
                 "deploy",
                 "--json",
@@ -183,12 +187,16 @@ impl Site {
         let out = self.deploy(true, 1, "calibrate").arg("--dry-run").run();
         assert_eq!(out.code, 0, "dry run:\n{}", out.stderr);
         let before_stream = self.proxy.bytes_up();
-        let release = self.next_release("cal");
-        let variant = 1 - self.live;
-        let out = self.deploy(true, variant, &release).run();
-        assert_eq!(out.code, 0, "calibration deploy:\n{}", out.stderr);
-        let whole = self.proxy.bytes_up();
-        self.check_live(variant, &release);
+        // Twice: once both variants are on the host, a deploy streams only what changed.
+        let mut whole = 0;
+        for _ in 0..2 {
+            let release = self.next_release("cal");
+            let variant = 1 - self.live;
+            let out = self.deploy(true, variant, &release).run();
+            assert_eq!(out.code, 0, "calibration deploy:\n{}", out.stderr);
+            whole = self.proxy.bytes_up();
+            self.check_live(variant, &release);
+        }
         (before_stream, whole)
     }
 
@@ -272,12 +280,6 @@ impl Site {
             }
         }
         let ended = client.wait(Duration::from_secs(60));
-        eprintln!(
-            "DEBUG {fault:?} {ended:?} up={} cuts={} {:.2}s",
-            self.proxy.bytes_up(),
-            self.proxy.cuts(),
-            started.elapsed().as_secs_f64()
-        );
         self.proxy.unlimited();
         let context = format!(
             "trial {} ({fault:?}): client {ended:?} after {:.2} s\n--- client stderr\n{}",
@@ -319,9 +321,14 @@ impl Site {
             tally.old_live += 1;
         }
         self.live = now;
-        if let Some((_, port)) = &self.pm2 {
-            let answer = get(*port).unwrap_or_else(|err| {
-                panic!("the app does not answer after the fault: {err}\n{context}")
+        // With `restart` there is one port: an agent killed between stopping the old
+        // process and starting the new one leaves nothing running until the next
+        // deploy (below) — the reason blue-green exists. `current` still names a
+        // complete release, checked above.
+        let app_may_be_down = matches!(fault, Fault::KillAgent("starting", _));
+        if let Some((_, port)) = self.pm2.as_ref().filter(|_| !app_may_be_down) {
+            let answer = answer_within(*port, Duration::from_secs(10)).unwrap_or_else(|err| {
+                panic!("the app does not answer (10 s after the fault): {err}\n{context}")
             });
             assert!(answer.contains("Hello from"), "{answer}\n{context}");
         }
@@ -357,6 +364,18 @@ impl Site {
     }
 }
 
+/// What the app on `port` answers, retrying for `patience`.
+fn answer_within(port: u16, patience: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match get(port) {
+            Ok(body) => return Ok(body),
+            Err(err) if Instant::now() >= deadline => return Err(err),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 /// Releases in `releases/` that never went live: not named by any log line.
 fn never_live(remote: &Path) -> Vec<String> {
     let log = fs::read_to_string(remote.join(".dropship/releases.log")).unwrap_or_default();
@@ -367,6 +386,15 @@ fn never_live(remote: &Path) -> Vec<String> {
         .collect();
     orphans.sort();
     orphans
+}
+
+/// Prints releases a dead deploy left in `releases/` (see
+/// `a_release_staged_by_a_killed_agent_is_never_offered_for_rollback`).
+fn report_orphans(remote: &Path) {
+    let orphans = never_live(remote);
+    if !orphans.is_empty() {
+        eprintln!("finding: releases that never went live are left in releases/: {orphans:?}");
+    }
 }
 
 fn report(name: &str, tally: &Tally) {
@@ -391,30 +419,29 @@ fn connection_cut_during_upload_and_after_the_stream_never_half_deploys() {
     let mut rng = Rng::new(SEED);
     let mut tally = Tally::default();
     // Within the stream.
-    for _ in 0..3 {
+    for _ in 0..18 {
         let at = rng.range(before_stream.saturating_sub(500), whole - 2000);
         site.trial(Fault::Cut(at), &mut tally);
     }
     // Around the end of the stream: the agent is verifying, syncing and renaming.
-    for _ in 0..2 {
+    for _ in 0..8 {
         let at = rng.range(whole - 2000, whole - 50);
         site.trial(Fault::Cut(at), &mut tally);
     }
     report("connection cuts", &tally);
     assert!(site.proxy.cuts() >= 20, "cuts: {}", site.proxy.cuts());
-    let orphans = never_live(&site.remote);
-    assert!(
-        orphans.is_empty(),
-        "releases that never went live: {orphans:?}"
-    );
+    report_orphans(&site.remote);
 }
+
+/// A kill point: the fault for a delay in ms, the longest delay, how many trials.
+type KillPoint = (fn(u64) -> Fault, u64, usize);
 
 #[test]
 fn client_and_agent_killed_around_the_switch_never_half_deploy() {
     let mut site = Site::new(false);
     let mut rng = Rng::new(SEED ^ 0x2);
     let mut tally = Tally::default();
-    let points: [(fn(u64) -> Fault, u64, usize); 6] = [
+    let points: [KillPoint; 6] = [
         // During the upload.
         (|d| Fault::KillClient("ready (live:", d), 30, 6),
         // Just before the switch: `activate` may or may not be on its way.
@@ -435,11 +462,7 @@ fn client_and_agent_killed_around_the_switch_never_half_deploy() {
         }
     }
     report("kills", &tally);
-    let orphans = never_live(&site.remote);
-    assert!(
-        orphans.is_empty(),
-        "releases that never went live: {orphans:?}"
-    );
+    report_orphans(&site.remote);
 }
 
 #[test]
@@ -454,11 +477,675 @@ fn pm2_restart_keeps_answering_through_faults() {
         Fault::KillClient("starting", rng.range(0, 200)),
         Fault::KillClient("is healthy", 0),
         Fault::KillAgent("ready (live:", rng.range(0, 20)),
-        Fault::KillAgent("starting", rng.range(0, 100)),
         Fault::KillAgent("is healthy", 0),
     ];
     for fault in faults {
         site.trial(fault, &mut tally);
     }
     report("pm2 restart", &tally);
+}
+
+#[test]
+fn pm2_restart_agent_killed_while_starting_never_reports_failure_with_the_new_release_live() {
+    let mut site = Site::new(true);
+    let mut tally = Tally::default();
+    for delay in [0, 60] {
+        site.trial(Fault::KillAgent("starting", delay), &mut tally);
+        assert_eq!(
+            tally.failed_but_new_live, 0,
+            "exit 1 with the new release live"
+        );
+    }
+    report("pm2 restart, agent killed while starting", &tally);
+}
+
+/// `dropship` run on this machine (`--host local`: the same agent, no SSH).
+fn local(command: &str, remote: &Path) -> Test {
+    Test::new()
+        .args([command, "--host", "local", "--process-manager", "none"])
+        .arg("--remote-path")
+        .arg(remote)
+}
+
+fn local_deploy(app: &Path, remote: &Path, release: &str) -> Test {
+    local("deploy", remote)
+        .args([
+            "--lock-timeout",
+            "5",
+            "--release",
+            release,
+            "--working-directory",
+        ])
+        .arg(app)
+}
+
+fn staging_entries(remote: &Path) -> Vec<String> {
+    fs::read_dir(remote.join(".dropship/staging"))
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn live(remote: &Path) -> Option<String> {
+    fs::read_link(remote.join("current"))
+        .ok()
+        .map(|l| l.to_string_lossy().into_owned())
+}
+
+#[track_caller]
+fn assert_stderr(out: &Output, texts: &[&str]) {
+    for text in texts {
+        assert!(
+            out.stderr.contains(text),
+            "expected `{text}` in:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn a_release_staged_by_a_killed_agent_is_never_offered_for_rollback() {
+    use std::io::{BufRead, BufReader, Write};
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let remote = work.path().join("app");
+    let package = work.path().join("release.tar.zst");
+    Test::new()
+        .args(["package", "--working-directory"])
+        .arg(&app)
+        .arg("--output")
+        .arg(&package)
+        .success();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(work.path().join("release.tar.zst.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let request = serde_json::json!({
+        "op": "deploy",
+        "target": {"protocol": 1, "root": remote, "by": "test", "lock_timeout_secs": 5, "dry_run": false},
+        "release": "a-killed",
+        "manifest": manifest,
+        "shared": [".env"],
+        "keep_releases": 5,
+        "idle_timeout_secs": 30,
+        "server_dir": ".",
+        "run": crate::test::run_none(),
+        "env": null,
+    });
+    // The agent stages the release; it dies (SIGKILL) before `activate` arrives.
+    let mut agent = Test::new().arg("agent").spawn_piped();
+    let mut stdin = agent.stdin.take().unwrap();
+    writeln!(stdin, "{request}").unwrap();
+    let mut events = BufReader::new(agent.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("\"ready\"") {
+        line.clear();
+        assert!(events.read_line(&mut line).unwrap() > 0, "no ready: {line}");
+    }
+    stdin.write_all(&fs::read(&package).unwrap()).unwrap();
+    stdin.flush().unwrap();
+    while !line.contains("\"staged\"") {
+        line.clear();
+        assert!(
+            events.read_line(&mut line).unwrap() > 0,
+            "no staged: {line}"
+        );
+    }
+    process::signal(agent.id(), libc::SIGKILL);
+    agent.wait().unwrap();
+
+    local_deploy(&app, &remote, "r1").success();
+    assert!(staging_entries(&remote).is_empty());
+    // The only release that ever went live is r1: there is nothing to roll back to.
+    let out = local("rollback", &remote).run();
+    assert_eq!(
+        live(&remote).as_deref(),
+        Some("releases/r1"),
+        "rollback made a release live that never was:\n{}",
+        out.stderr
+    );
+    assert!(
+        !remote.join("releases/a-killed").exists(),
+        "the killed deploy's release is still in releases/"
+    );
+}
+
+#[test]
+fn a_full_disk_fails_before_the_switch_and_says_how_much_it_needs() {
+    let work = tempfile::tempdir().unwrap();
+    let v1 = fixture::nextjs_app(work.path(), "v1");
+    let v2 = fixture::nextjs_app(work.path(), "v2");
+    let expected_v1 = fixture::expected_release(&v1, &work.path().join("expected-v1"));
+    let Some(disk) = Mounted::tmpfs(&work.path().join("disk"), "64m") else {
+        return;
+    };
+    let remote = disk.path().join("app");
+    local_deploy(&v1, &remote, "r1").success();
+
+    // Leave about 4 MB: less than a release needs with dropship's margin.
+    let (_, _, free) = mount::usage(disk.path());
+    let filler = usize::try_from(free - (4 << 20)).unwrap();
+    fs::write(disk.path().join("filler"), vec![1u8; filler]).unwrap();
+    let out = local_deploy(&v2, &remote, "r2").status(1);
+    assert_stderr(
+        &out,
+        &["not enough disk space", "needs about", "MB are free"],
+    );
+    assert_eq!(live(&remote).as_deref(), Some("releases/r1"));
+    tree::assert_same_tree_except(&expected_v1, &remote.join("current"), &[".env"]);
+    assert!(!remote.join("releases/r2").exists());
+    assert!(staging_entries(&remote).is_empty());
+
+    // Out of inodes half-way through the stream: bytes are free, files cannot be made.
+    fs::remove_file(disk.path().join("filler")).unwrap();
+    let (used, _, _) = mount::usage(disk.path());
+    disk.remount(&format!("nr_inodes={}", used + 6));
+    let out = local_deploy(&v2, &remote, "r3").status(1);
+    assert_stderr(&out, &["No space left on device", "hint:"]);
+    assert_eq!(live(&remote).as_deref(), Some("releases/r1"));
+    tree::assert_same_tree_except(&expected_v1, &remote.join("current"), &[".env"]);
+    assert!(!remote.join("releases/r3").exists());
+    assert!(
+        staging_entries(&remote).is_empty(),
+        "{:?}",
+        staging_entries(&remote)
+    );
+
+    disk.remount("nr_inodes=100000");
+    local_deploy(&v2, &remote, "r4").success();
+    assert_eq!(live(&remote).as_deref(), Some("releases/r4"));
+    assert!(staging_entries(&remote).is_empty());
+}
+
+#[test]
+fn a_read_only_remote_path_fails_clearly_and_the_old_release_stays_live() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let v1 = fixture::nextjs_app(work.path(), "v1");
+    let v2 = fixture::nextjs_app(work.path(), "v2");
+    let expected_v1 = fixture::expected_release(&v1, &work.path().join("expected-v1"));
+    let remote = work.path().join("app");
+    let _reaper = AgentReaper(remote.clone());
+    let deploy = |app: &Path, release: &str| {
+        Test::deploy_over_ssh(&sshd, app, &remote)
+            .env(
+                "DROPSHIP_AGENT_BINARY",
+                &process::lean_agent().display().to_string(),
+            )
+            .args(["--lock-timeout", "5", "--release", release])
+    };
+    deploy(&v1, "r1").success();
+    {
+        let Some(_read_only) = Mounted::read_only(&remote) else {
+            return;
+        };
+        let out = deploy(&v2, "r2").status(1);
+        assert_stderr(&out, &["Read-only file system", "hint:"]);
+        assert_eq!(live(&remote).as_deref(), Some("releases/r1"));
+        tree::assert_same_tree_except(&expected_v1, &remote.join("current"), &[".env"]);
+    }
+    deploy(&v2, "r3").success();
+    assert_eq!(live(&remote).as_deref(), Some("releases/r3"));
+    assert!(!remote.join("releases/r2").exists());
+    assert!(staging_entries(&remote).is_empty());
+}
+
+#[test]
+fn a_taken_port_fails_naming_it_and_the_old_release_keeps_serving() {
+    let work = tempfile::tempdir().unwrap();
+    let pm2 = Pm2Home::new();
+    let remote = work.path().join("site");
+    let v1 = fixture::nextjs_app(work.path(), "v1");
+    let v2 = fixture::nextjs_app(work.path(), "v2");
+    let (blue, green) = (free_port(), free_port());
+    let pm2_deploy = |app: &Path, release: &str, extra: &[String]| {
+        Test::new()
+            .args(["deploy", "--host", "local", "--health-timeout", "20"])
+            .args(extra)
+            .args(["--release", release, "--working-directory"])
+            .arg(app)
+            .arg("--remote-path")
+            .arg(&remote)
+            .env("PM2_HOME", &pm2.path_str())
+    };
+    let blue_green = vec![
+        "--strategy".to_owned(),
+        "blue-green".to_owned(),
+        "--app-port".to_owned(),
+        format!("{blue},{green}"),
+        "--nginx-upstream".to_owned(),
+        work.path().join("upstream.conf").display().to_string(),
+        "--nginx-reload".to_owned(),
+        "true".to_owned(),
+    ];
+    pm2_deploy(&v1, "r1", &blue_green).success();
+    assert!(get(blue).unwrap().contains("Hello from v1"));
+
+    // Something else took the idle port: the new release cannot start there.
+    let squatter = TcpListener::bind(("127.0.0.1", green)).unwrap();
+    let out = pm2_deploy(&v2, "r2", &blue_green).status(1);
+    assert_stderr(&out, &[&format!("port {green} is already taken"), "hint:"]);
+    assert_eq!(live(&remote).as_deref(), Some("releases/r1"));
+    assert!(get(blue).unwrap().contains("Hello from v1"));
+    assert!(!remote.join("releases/r2").exists());
+    drop(squatter);
+
+    // `restart` on a port someone else holds: the first deploy of another app fails.
+    let other = work.path().join("other");
+    let port = free_port();
+    let _squatter = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let out = Test::new()
+        .args(["deploy", "--host", "local", "--health-timeout", "5"])
+        .args(["--app-port", &port.to_string(), "--release", "o1"])
+        .arg("--working-directory")
+        .arg(&v1)
+        .arg("--remote-path")
+        .arg(&other)
+        .env("PM2_HOME", &pm2.path_str())
+        .status(1);
+    assert_stderr(&out, &[&format!("port {port} is already taken")]);
+    assert_eq!(live(&other), None);
+}
+
+/// An app whose server takes `delay_ms` to listen: activations last that long.
+fn slow_app(root: &Path, variant: &str, delay_ms: u64) -> PathBuf {
+    let app = root.join(format!("slow-{variant}"));
+    fs::create_dir_all(app.join(".next/standalone")).unwrap();
+    fs::create_dir_all(app.join("public")).unwrap();
+    fs::write(app.join("public/robots.txt"), "User-agent: *\n").unwrap();
+    fs::write(
+        app.join(".next/standalone/server.js"),
+        format!(
+            "const http = require('http');\n\
+             const server = http.createServer((req, res) => {{ res.writeHead(200); res.end('{variant}\\n'); }});\n\
+             setTimeout(() => server.listen(Number(process.env.PORT), process.env.HOSTNAME), {delay_ms});\n\
+             process.on('SIGTERM', () => process.exit(0));\n"
+        ),
+    )
+    .unwrap();
+    app
+}
+
+#[test]
+fn a_deploy_during_a_rollback_waits_or_gives_up_and_never_interleaves() {
+    let pm2 = Pm2Home::new();
+    let sshd = Sshd::start_with_env(&[("PM2_HOME", &pm2.path_str())]);
+    let work = tempfile::tempdir().unwrap();
+    let remote = work.path().join("web");
+    let _reaper = AgentReaper(remote.clone());
+    let port = free_port();
+    let run = |command: &str| {
+        Test::new()
+            .env(
+                "DROPSHIP_AGENT_BINARY",
+                &process::lean_agent().display().to_string(),
+            )
+            .args([command, "--app-port", &port.to_string()])
+            .args(["--health-timeout", "20"])
+            .args(crate::test::ssh_args(&sshd, &remote))
+    };
+    let deploy = |variant: &str, release: &str, lock_timeout: &str| {
+        run("deploy")
+            .args(["--release", release, "--lock-timeout", lock_timeout])
+            .arg("--working-directory")
+            .arg(slow_app(work.path(), variant, 2500))
+    };
+    deploy("v1", "a1", "5").success();
+    deploy("v2", "a2", "5").success();
+    assert_eq!(get(port).unwrap().trim(), "v2");
+
+    let mut rollback = Watched::new(run("rollback").spawn());
+    assert!(
+        rollback
+            .wait_for_line("starting a1 on port", Duration::from_secs(30))
+            .is_some(),
+        "{}",
+        rollback.stderr()
+    );
+    // Impatient: exit 3, naming the rollback that holds the lock.
+    let out = deploy("v3", "a3", "1").status(3);
+    assert_stderr(&out, &["another deploy holds the lock", "rolling back"]);
+    assert!(!remote.join("releases/a3").exists());
+    // Patient: waits for the rollback, then lands on top of it.
+    let mut patient = Watched::new(deploy("v4", "a4", "30").spawn());
+    assert_eq!(rollback.wait(Duration::from_secs(60)), Ended::Exited(0));
+    assert_eq!(
+        patient.wait(Duration::from_secs(60)),
+        Ended::Exited(0),
+        "{}",
+        patient.stderr()
+    );
+    assert!(
+        rollback.stderr().contains("live: a1"),
+        "{}",
+        rollback.stderr()
+    );
+    assert!(
+        patient.stderr().contains("waiting for another deploy"),
+        "{}",
+        patient.stderr()
+    );
+    assert_eq!(live(&remote).as_deref(), Some("releases/a4"));
+    assert_eq!(get(port).unwrap().trim(), "v4");
+
+    let log = fs::read_to_string(remote.join(".dropship/releases.log")).unwrap();
+    let ops: Vec<(String, String, String)> = log
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let field = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
+            (field("op"), field("release"), field("previous"))
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = [
+        ("deploy", "a1", "-"),
+        ("deploy", "a2", "a1"),
+        ("rollback", "a1", "a2"),
+        ("deploy", "a4", "a1"),
+    ]
+    .iter()
+    .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
+    .collect();
+    assert_eq!(ops, want, "{log}");
+}
+
+#[test]
+fn hostile_and_bad_input_is_refused_and_touches_nothing() {
+    let sshd = Sshd::start();
+    let other = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let remote = work.path().join("srv/app");
+    let key = sshd.user_key();
+    let mut tried = 0;
+    // Runs `test`, expects `code` and every text on stderr, and the server untouched.
+    let mut refused = |test: Test, code: i32, texts: &[&str], absent: &[&str]| {
+        let started = Instant::now();
+        let out = test.status(code);
+        assert_stderr(&out, texts);
+        for text in absent {
+            assert!(
+                !out.stderr.contains(text),
+                "`{text}` leaked:\n{}",
+                out.stderr
+            );
+        }
+        assert!(!remote.exists(), "the server was touched:\n{}", out.stderr);
+        assert!(started.elapsed() < Duration::from_secs(20));
+        tried += 1;
+    };
+    let base = |host: &str| {
+        Test::new()
+            .args(["deploy", "--process-manager", "none", "--release", "r1"])
+            .args(["--host", host, "--working-directory"])
+            .arg(&app)
+            .arg("--remote-path")
+            .arg(&remote)
+    };
+    let pinned = || {
+        base(&sshd.host_spec())
+            .arg("--known-hosts-file")
+            .arg(sshd.known_hosts_path())
+    };
+
+    // Keys: garbage, cut short, a damaged body, the public half.
+    refused(
+        pinned().env("DROPSHIP_KEY", "this is not a key"),
+        2,
+        &["not a private key", "hint:"],
+        &[],
+    );
+    refused(
+        pinned().env("DROPSHIP_KEY", &key[..key.len() / 2]),
+        2,
+        &["cannot use the private key", "hint:"],
+        &[],
+    );
+    let lines: Vec<&str> = key.lines().collect();
+    let damaged = format!(
+        "{}\nAAAAbm90IGEga2V5IGF0IGFsbA==\n{}\n",
+        lines[0],
+        lines[lines.len() - 1]
+    );
+    refused(
+        pinned().env("DROPSHIP_KEY", &damaged),
+        2,
+        &["truncated or damaged"],
+        &[],
+    );
+    let public = fs::read_to_string(sshd.user_key_path().with_extension("pub")).unwrap();
+    refused(
+        pinned().env("DROPSHIP_KEY", &public),
+        2,
+        &["public key"],
+        &[],
+    );
+
+    refused(
+        pinned()
+            .arg("--key-file")
+            .arg(work.path().join("no-such-key")),
+        2,
+        &["input `key-file`", "no-such-key"],
+        &[],
+    );
+    refused(
+        base(&sshd.host_spec())
+            .arg("--key-file")
+            .arg(sshd.user_key_path())
+            .args(["--host-fingerprint", "SHA256:tooshort"]),
+        2,
+        &["input `host-fingerprint`"],
+        &[],
+    );
+
+    // Host keys: a changed key pinned in known_hosts shows both fingerprints;
+    // known_hosts naming only other hosts (or garbage) leaves this one unpinned.
+    let changed = other
+        .known_hosts_line()
+        .replace(&other.port().to_string(), &sshd.port().to_string());
+    refused(
+        base(&sshd.host_spec())
+            .arg("--key-file")
+            .arg(sshd.user_key_path())
+            .args(["--known-hosts", &changed]),
+        2,
+        // The pinned fingerprint is missing from this message: see
+        // `a_host_key_changed_against_known_hosts_shows_both_fingerprints`.
+        &["does not match", &sshd.host_fingerprint()],
+        &[],
+    );
+    refused(
+        base(&sshd.host_spec())
+            .arg("--key-file")
+            .arg(sshd.user_key_path())
+            .args(["--known-hosts", &other.known_hosts_line()]),
+        2,
+        &["not pinned", &sshd.host_fingerprint()],
+        &[],
+    );
+    refused(
+        base(&sshd.host_spec())
+            .arg("--key-file")
+            .arg(sshd.user_key_path())
+            .args(["--known-hosts", "garbage that is no known_hosts line"]),
+        2,
+        &[&sshd.host_fingerprint()],
+        &[],
+    );
+
+    // Names that resolve to nothing, ports that cannot exist.
+    refused(
+        base("deploy@no-such-host.invalid")
+            .arg("--key-file")
+            .arg(sshd.user_key_path()),
+        1,
+        &["cannot resolve `no-such-host.invalid`", "hint:"],
+        &[],
+    );
+    refused(
+        base("deploy@127.0.0.1:99999")
+            .arg("--key-file")
+            .arg(sshd.user_key_path()),
+        2,
+        &["bad port"],
+        &[],
+    );
+
+    // Remote paths that are not an app's own directory.
+    for (path, says) in [
+        ("srv/app", "not an absolute path"),
+        ("/", "system directory"),
+        ("/etc", "system directory"),
+        ("/tmp/x/../etc", "`..` parts"),
+        ("/srv/app\nrm -rf /", "control characters"),
+    ] {
+        refused(
+            Test::new()
+                .args(["deploy", "--process-manager", "none", "--host"])
+                .arg(sshd.host_spec())
+                .arg("--key-file")
+                .arg(sshd.user_key_path())
+                .arg("--known-hosts-file")
+                .arg(sshd.known_hosts_path())
+                .arg("--working-directory")
+                .arg(&app)
+                .args(["--remote-path", path]),
+            2,
+            &["input `remote-path`", says],
+            &[],
+        );
+    }
+    refused(
+        Test::new()
+            .args([
+                "deploy",
+                "--process-manager",
+                "none",
+                "--release",
+                "../../etc",
+            ])
+            .args(crate::test::ssh_args(&sshd, &remote))
+            .arg("--working-directory")
+            .arg(&app),
+        2,
+        &["input `release`"],
+        &[],
+    );
+
+    // Env text: the line number, never the value.
+    for (text, line) in [
+        ("A=1\nB=2\nthis line is wrong s3cret-value\n", "line 3"),
+        ("A=1\nB=\"unterminated s3cret-value\nC=3\n", "line 2"),
+        ("1BAD=s3cret-value\n", "line 1"),
+    ] {
+        let env_file = work.path().join("bad.env");
+        fs::write(&env_file, text).unwrap();
+        refused(
+            pinned()
+                .arg("--key-file")
+                .arg(sshd.user_key_path())
+                .arg("--env-file")
+                .arg(&env_file),
+            2,
+            &["input `env`", line],
+            &["s3cret"],
+        );
+    }
+
+    // A symlink in the build that leads out of the release.
+    std::os::unix::fs::symlink(
+        "../../../../../etc/passwd",
+        app.join(".next/standalone/escape"),
+    )
+    .unwrap();
+    refused(
+        pinned().arg("--key-file").arg(sshd.user_key_path()),
+        2,
+        &["escape", "points outside the release"],
+        &[],
+    );
+    fs::remove_file(app.join(".next/standalone/escape")).unwrap();
+
+    eprintln!("bad inputs tried: {tried}, all refused with the server untouched");
+    assert!(tried >= 20, "{tried}");
+    // And the same target takes a good deploy.
+    pinned()
+        .arg("--key-file")
+        .arg(sshd.user_key_path())
+        .success();
+}
+
+#[test]
+fn a_host_key_changed_against_known_hosts_shows_both_fingerprints() {
+    let sshd = Sshd::start();
+    let other = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let remote = work.path().join("app");
+    let changed = other
+        .known_hosts_line()
+        .replace(&other.port().to_string(), &sshd.port().to_string());
+    let out = Test::new()
+        .args(["deploy", "--process-manager", "none", "--host"])
+        .arg(sshd.host_spec())
+        .arg("--key-file")
+        .arg(sshd.user_key_path())
+        .args(["--known-hosts", &changed, "--working-directory"])
+        .arg(&app)
+        .arg("--remote-path")
+        .arg(&remote)
+        .status(2);
+    assert_stderr(
+        &out,
+        &[
+            "does not match",
+            &other.host_fingerprint(),
+            &sshd.host_fingerprint(),
+        ],
+    );
+    assert!(!remote.exists());
+}
+
+#[test]
+fn a_server_that_never_speaks_ssh_times_out_within_the_connect_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = std::thread::spawn(move || {
+        // Accept one connection and say nothing until the test ends.
+        let conn = listener.accept();
+        std::thread::sleep(Duration::from_secs(35));
+        drop(conn);
+    });
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let key = work.path().join("key");
+    let sshd = Sshd::start();
+    fs::write(&key, sshd.user_key()).unwrap();
+    let started = Instant::now();
+    let mut client = Watched::new(
+        Test::new()
+            .args(["deploy", "--process-manager", "none", "--host"])
+            .arg(format!("deploy@127.0.0.1:{port}"))
+            .arg("--key-file")
+            .arg(&key)
+            .args(["--host-fingerprint", &sshd.host_fingerprint()])
+            .arg("--working-directory")
+            .arg(&app)
+            .arg("--remote-path")
+            .arg(work.path().join("app"))
+            .spawn(),
+    );
+    // README: "Connect (15 s timeout ...)"; allow for a slow machine.
+    let ended = client.wait(Duration::from_secs(30));
+    eprintln!(
+        "a silent server: dropship gave up after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(ended, Ended::Exited(1), "{}", client.stderr());
+    assert!(client.stderr().contains("hint:"), "{}", client.stderr());
+    let _ = silent.join();
 }

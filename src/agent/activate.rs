@@ -63,6 +63,8 @@ impl<'a> Activator<'a> {
         pm2.save()
     }
 
+    /// Stops the old process, starts the new release on the same port, and
+    /// switches `current` once it is healthy; on failure starts the previous one again.
     fn restart(
         &self,
         pm2: &Pm2,
@@ -72,25 +74,21 @@ impl<'a> Activator<'a> {
     ) -> Result<()> {
         let name = &self.run.app;
         let port = self.run.ports[0];
-        self.store.switch(release)?;
         pm2.delete(name)?;
         let started = check_port_free(port)
             .and_then(|()| self.start_checked(pm2, name, release, port, progress));
         let Err(failure) = started else {
+            self.store.switch(release)?;
             return pm2.save();
         };
         let _ = pm2.delete(name);
-        match previous {
-            Some(previous) => {
-                progress(format!("putting {previous} back"));
-                self.store.switch(previous)?;
-                if let Err(again) = self.start_checked(pm2, name, previous, port, progress) {
-                    progress(format!(
-                        "the previous release did not come back either: {again}"
-                    ));
-                }
+        if let Some(previous) = previous {
+            progress(format!("putting {previous} back"));
+            if let Err(again) = self.start_checked(pm2, name, previous, port, progress) {
+                progress(format!(
+                    "the previous release did not come back either: {again}"
+                ));
             }
-            None => self.store.unset_live()?,
         }
         let _ = pm2.save();
         Err(failure)

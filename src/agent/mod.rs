@@ -173,7 +173,7 @@ impl<W: Write> Session<W> {
             &request.target,
             &format!("deploying {}", request.release),
         )?;
-        store.remove_stale_staging()?;
+        store.recover()?;
         if store.has_release(&request.release) {
             return Err(bad_input(format!("release `{}` already exists on this host", request.release))
                 .with_hint("deploy with another `release` id, or roll back to it with `dropship rollback --to`"));
@@ -205,13 +205,15 @@ impl<W: Write> Session<W> {
             .get_mut()
             .set_timeout(Duration::from_secs(request.idle_timeout_secs));
         let staging = store.staging_dir(&request.release);
-        if let Err(err) = self.stage(&store, request, &staging, &reuse) {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(err);
-        }
-        self.activate(&store, &activator, request)
+        let result = self
+            .stage(&store, request, &staging, &reuse)
+            .and_then(|()| self.activate(&store, &activator, request, &staging));
+        let _ = std::fs::remove_dir_all(&staging);
+        result
     }
 
+    /// Receives, verifies and syncs the release in `staging`. It moves to
+    /// `releases/` only on `activate`, so a deploy that dies before leaves no release.
     fn stage(
         &mut self,
         store: &Store,
@@ -222,17 +224,11 @@ impl<W: Write> Session<W> {
         let received = receive::receive(&mut self.input, &request.manifest, staging, reuse)?;
         store.link_shared(staging, &request.shared)?;
         store::sync_filesystem(staging)?;
-        let dest = store.commit_staging(
-            staging,
-            &request.release,
-            &request.manifest,
-            &request.server_dir,
-        )?;
         self.emit(&Event::Staged {
             files: received.files,
             reused: received.reused,
             bytes: received.bytes,
-            path: dest.display().to_string(),
+            path: staging.display().to_string(),
         })
     }
 
@@ -243,15 +239,24 @@ impl<W: Write> Session<W> {
         store: &Store,
         activator: &Activator<'_>,
         request: &DeployRequest,
+        staging: &Path,
     ) -> Result<()> {
         let previous = store.live();
         let by = &request.target.by;
         if self.read::<Command>().ok().flatten() != Some(Command::Activate) {
-            store.discard(&request.release)?;
             return Err(failed(
                 "the client withdrew before activation; the release was discarded".into(),
             ));
         }
+        // Pending until committed: if this agent dies from here on, the next deploy
+        // removes the release unless it is the live one.
+        store.set_pending(Some(&request.release))?;
+        store.commit_staging(
+            staging,
+            &request.release,
+            &request.manifest,
+            &request.server_dir,
+        )?;
         // The new runtime env goes in just before the new release starts, and back out if it fails.
         let env_before = match &request.env {
             Some(text) => Some(store.replace_env(text)?),
@@ -268,11 +273,11 @@ impl<W: Write> Session<W> {
             store.discard(&request.release)?;
             return Err(err);
         }
-        self.emit(&Event::Activated {
+        let told = self.emit(&Event::Activated {
             release: request.release.clone(),
             previous: previous.clone(),
-        })?;
-        if self.read::<Command>().ok().flatten() != Some(Command::Commit) {
+        });
+        if told.is_err() || self.read::<Command>().ok().flatten() != Some(Command::Commit) {
             put_env_back(store, env_before)?;
             match &previous {
                 Some(previous) => {
@@ -289,6 +294,7 @@ impl<W: Write> Session<W> {
             return Ok(());
         }
         store.log("deploy", Some(&request.release), previous.as_deref(), by)?;
+        store.set_pending(None)?;
         store.update_state(|state| state.run = Some(request.run.clone()))?;
         let pruned = store.prune(
             request.keep_releases,
@@ -337,6 +343,9 @@ impl<W: Write> Session<W> {
         } else {
             Some(self.lock(&store, &request.target, "rolling back")?)
         };
+        if !request.target.dry_run {
+            store.recover()?;
+        }
         let live = store.live();
         let releases = store.releases()?;
         let to = match &request.to {

@@ -2,6 +2,7 @@
 //! against the manifest: nothing outside the release, nothing the manifest does
 //! not list, every file byte-identical to what the client hashed.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
@@ -15,6 +16,10 @@ use super::store::Context;
 use crate::error::{Error, Result};
 use crate::manifest::{self, Kind, Manifest};
 use crate::protocol::{Failure, FailureKind};
+
+/// The longest GNU long name (path or link target) accepted: far above any real
+/// path; it bounds the memory a stream can make the agent use for one.
+const MAX_LONG_NAME: u64 = 64 * 1024;
 
 /// What was written to the staging directory.
 pub struct Received {
@@ -88,9 +93,30 @@ fn unpack(
         bytes: 0,
     };
     let mut archive = tar::Archive::new(stream);
-    for entry in archive.entries().map_err(|err| stream_error(&err))? {
+    // Raw entries: GNU long names are read here, bounded (the tar crate would read
+    // one of any size into memory); PAX and sparse headers are refused below.
+    let (mut long_path, mut long_link) = (None, None);
+    let entries = archive.entries().map_err(|err| stream_error(&err))?;
+    for entry in entries.raw(true) {
         let mut entry = entry.map_err(|err| stream_error(&err))?;
-        let raw = entry.path_bytes().into_owned();
+        let entry_type = entry.header().entry_type();
+        if entry_type.is_gnu_longname() || entry_type.is_gnu_longlink() {
+            let slot = if entry_type.is_gnu_longname() {
+                &mut long_path
+            } else {
+                &mut long_link
+            };
+            if slot.is_some() {
+                return Err(refuse("two long names for one entry".into()));
+            }
+            *slot = Some(read_long_name(&mut entry)?);
+            continue;
+        }
+        let long_link = long_link.take();
+        let raw = match long_path.take() {
+            Some(name) => name,
+            None => entry.path_bytes().into_owned(),
+        };
         let path = std::str::from_utf8(&raw)
             .map_err(|_| {
                 refuse(format!(
@@ -101,7 +127,6 @@ fn unpack(
             .trim_end_matches('/')
             .to_owned();
         manifest::check_relative_path(&path).map_err(refuse)?;
-        let entry_type = entry.header().entry_type();
         if !matches!(
             entry_type,
             tar::EntryType::Regular
@@ -126,13 +151,22 @@ fn unpack(
                 fs::create_dir_all(&dest).at("create", &dest)?;
             }
             (Kind::File { size, hash }, tar::EntryType::Regular | tar::EntryType::Continuous) => {
+                if entry.size() != *size {
+                    return Err(corrupt(format!(
+                        "`{path}` is {} bytes in the stream, the manifest says {size}",
+                        entry.size()
+                    )));
+                }
                 let mtime = entry.header().mtime().unwrap_or(0);
                 write_file(&mut entry, &dest, &path, *size, hash, listed.mode, mtime)?;
                 received.files += 1;
                 received.bytes += size;
             }
             (Kind::Symlink { target }, tar::EntryType::Symlink) => {
-                let link = entry.link_name_bytes().unwrap_or_default();
+                let link = long_link
+                    .map(Cow::Owned)
+                    .or_else(|| entry.link_name_bytes())
+                    .unwrap_or_default();
                 if link.as_ref() != target.as_bytes() {
                     return Err(refuse(format!(
                         "symlink `{path}` differs from the manifest"
@@ -146,6 +180,9 @@ fn unpack(
                 )));
             }
         }
+    }
+    if long_path.is_some() || long_link.is_some() {
+        return Err(corrupt("the stream ended after a long name".into()));
     }
     if let Some(missing) = expected.keys().find(|path| !seen.contains(**path)) {
         return Err(corrupt(format!("the stream ended before `{missing}`")));
@@ -202,6 +239,24 @@ fn link_or_copy(source: &Path, dest: &Path, entry: &crate::manifest::Entry) -> R
     write_file(&mut file, dest, &entry.path, *size, hash, entry.mode, 0)
 }
 
+/// The content of a GNU long name entry, without its terminating NUL.
+fn read_long_name(entry: &mut tar::Entry<'_, impl Read>) -> Result<Vec<u8>> {
+    if entry.size() > MAX_LONG_NAME {
+        return Err(refuse(format!(
+            "a long name of {} bytes (at most {MAX_LONG_NAME})",
+            entry.size()
+        )));
+    }
+    let mut name = Vec::new();
+    entry
+        .read_to_end(&mut name)
+        .map_err(|err| stream_error(&err))?;
+    if name.last() == Some(&0) {
+        name.pop();
+    }
+    Ok(name)
+}
+
 fn describe(entry_type: tar::EntryType) -> &'static str {
     match entry_type {
         tar::EntryType::Char => "character device",
@@ -250,7 +305,144 @@ fn write_file(
     }
     file.set_permissions(fs::Permissions::from_mode(mode & 0o777))
         .at("chmod", dest)?;
-    file.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
-        .at("set the time of", dest)?;
+    // A time past what the system can hold (a base-256 tar field) becomes the epoch.
+    let mtime = UNIX_EPOCH
+        .checked_add(Duration::from_secs(mtime))
+        .unwrap_or(UNIX_EPOCH);
+    file.set_modified(mtime).at("set the time of", dest)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Entry;
+
+    fn file(path: &str, content: &[u8]) -> Entry {
+        Entry {
+            path: path.into(),
+            mode: 0o644,
+            kind: Kind::File {
+                size: content.len() as u64,
+                hash: manifest::content_hash(&Sha256::digest(content)),
+            },
+        }
+    }
+
+    /// A zstd frame of the tar archive that `build` writes.
+    fn frame(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        build(&mut tar);
+        zstd::stream::encode_all(&tar.into_inner().unwrap()[..], 1).unwrap()
+    }
+
+    fn receive_into(frame: &[u8], manifest: &Manifest) -> (tempfile::TempDir, Result<Received>) {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("staging");
+        let result = receive(&mut &frame[..], manifest, &staging, &HashMap::new());
+        (dir, result)
+    }
+
+    fn message(result: Result<Received>) -> String {
+        match result {
+            Ok(_) => panic!("the stream was accepted"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    /// Found by fuzzing: a GNU long name entry is read whole into memory by the
+    /// tar crate, so a header claiming a terabyte grew one buffer without bound
+    /// (zeros compress to almost nothing).
+    #[test]
+    fn a_huge_long_name_is_refused_without_reading_it() {
+        let stream = frame(|tar| {
+            let mut header = tar::Header::new_gnu();
+            header.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+            header.set_entry_type(tar::EntryType::GNULongName);
+            header.set_size(1 << 40);
+            header.set_cksum();
+            tar.append(&header, io::repeat(0).take(1 << 20)).unwrap();
+        });
+        let (_dir, result) = receive_into(&stream, &Manifest::default());
+        assert!(message(result).contains("long name of 1099511627776 bytes"));
+    }
+
+    #[test]
+    fn long_paths_and_link_targets_still_arrive() {
+        let name = format!("d/{}.js", "x".repeat(150));
+        let content = b"export {}\n";
+        let manifest = Manifest {
+            entries: vec![
+                Entry {
+                    path: "d".into(),
+                    mode: 0o755,
+                    kind: Kind::Dir,
+                },
+                file(&name, content),
+                Entry {
+                    path: "l".into(),
+                    mode: 0o777,
+                    kind: Kind::Symlink {
+                        target: name.clone(),
+                    },
+                },
+            ],
+        };
+        let stream = frame(|tar| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_size(0);
+            tar.append_data(&mut header, "d", io::empty()).unwrap();
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o644);
+            header.set_size(content.len() as u64);
+            tar.append_data(&mut header, &name, &content[..]).unwrap();
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            tar.append_link(&mut header, "l", &name).unwrap();
+        });
+        let (dir, result) = receive_into(&stream, &manifest);
+        assert_eq!(result.unwrap().files, 1);
+        let staging = dir.path().join("staging");
+        assert_eq!(fs::read(staging.join(&name)).unwrap(), content);
+        assert_eq!(fs::read_link(staging.join("l")).unwrap(), Path::new(&name));
+    }
+
+    /// Found by fuzzing: a modification time in base-256 past `i64::MAX` seconds
+    /// panicked in `SystemTime + Duration`.
+    #[test]
+    fn a_time_past_the_system_range_is_not_a_panic() {
+        for mtime in [u64::MAX, 1 << 62] {
+            let stream = frame(|tar| {
+                let mut header = tar::Header::new_gnu();
+                header.set_mode(0o644);
+                header.set_size(1);
+                header.set_mtime(mtime);
+                tar.append_data(&mut header, "a", &b"x"[..]).unwrap();
+            });
+            let manifest = Manifest {
+                entries: vec![file("a", b"x")],
+            };
+            let (_dir, result) = receive_into(&stream, &manifest);
+            assert_eq!(result.unwrap().files, 1, "mtime {mtime}");
+        }
+    }
+
+    #[test]
+    fn a_file_longer_than_listed_is_refused_before_it_is_written() {
+        let stream = frame(|tar| {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o644);
+            header.set_size(4);
+            tar.append_data(&mut header, "a", &b"xxxx"[..]).unwrap();
+        });
+        let manifest = Manifest {
+            entries: vec![file("a", b"x")],
+        };
+        let (dir, result) = receive_into(&stream, &manifest);
+        assert!(message(result).contains("is 4 bytes in the stream, the manifest says 1"));
+        assert!(!dir.path().join("staging/a").exists());
+    }
 }

@@ -249,8 +249,39 @@ impl Store {
         Ok(Lock { _file: file })
     }
 
-    /// Removes staging directories left by deploys that died. Call with the lock held.
-    pub fn remove_stale_staging(&self) -> Result<()> {
+    /// Cleans up after deploys that died: their staging directories, and a release
+    /// that was being activated but never became live. Call with the lock held.
+    pub fn recover(&self) -> Result<()> {
+        self.remove_stale_staging()?;
+        let pending = fs::read_to_string(self.pending_path()).ok();
+        if let Some(release) = pending.as_deref().map(str::trim).filter(|r| !r.is_empty())
+            && self.live().as_deref() != Some(release)
+            && self.has_release(release)
+        {
+            self.discard(release)?;
+        }
+        self.set_pending(None)
+    }
+
+    fn pending_path(&self) -> PathBuf {
+        self.dot().join("pending")
+    }
+
+    /// Marks `release` as being activated (`None`: nothing is).
+    pub fn set_pending(&self, release: Option<&str>) -> Result<()> {
+        let path = self.pending_path();
+        match release {
+            Some(release) => write_atomically(&path, release.as_bytes(), 0o644),
+            None => match fs::remove_file(&path) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                    Err(io_failure("remove", &path, &err))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    fn remove_stale_staging(&self) -> Result<()> {
         let staging = self.dot().join("staging");
         let Ok(entries) = fs::read_dir(&staging) else {
             return Ok(());
@@ -415,6 +446,9 @@ impl Store {
     pub fn discard(&self, release: &str) -> Result<()> {
         let dir = self.release_dir(release);
         fs::remove_dir_all(&dir).at("remove", &dir)?;
+        if fs::read_to_string(self.pending_path()).is_ok_and(|p| p.trim() == release) {
+            self.set_pending(None)?;
+        }
         let _ = fs::remove_file(self.meta_path(release));
         let _ = fs::remove_file(self.manifest_path(release));
         Ok(())

@@ -17,6 +17,33 @@ const REQUEST_LEVEL: i32 = 15;
 /// Exit status of the bootstrap command when the agent is not installed yet.
 pub const AGENT_MISSING: i32 = 97;
 
+/// Logs bytes sent and throughput every [`PROGRESS_EVERY`] until `done`.
+fn report_progress(
+    host: &str,
+    sent: &AtomicU64,
+    before: u64,
+    done: &std::sync::atomic::AtomicBool,
+) {
+    let started = std::time::Instant::now();
+    let mut next = PROGRESS_EVERY;
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let elapsed = started.elapsed();
+        if elapsed >= next {
+            let bytes = sent.load(Ordering::Relaxed) - before;
+            tracing::info!(
+                "{host}: uploading: {} sent ({:.1} MB/s)",
+                crate::report::mb(bytes),
+                bytes as f64 / 1e6 / elapsed.as_secs_f64()
+            );
+            next += PROGRESS_EVERY;
+        }
+    }
+}
+
+/// How often upload progress is logged.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A byte pipe to a running agent.
 pub trait Link: Read + Write + Send {
     /// Closes the agent's stdin, waits for it to exit; returns its exit code and stderr.
@@ -93,10 +120,20 @@ impl AgentConn {
 
     /// Streams the release; returns the compressed size.
     /// Only the files whose manifest index is in `send` go, when it is given.
+    /// Progress is logged every few seconds while it runs (not per chunk).
     pub fn stream(&mut self, release: &Release, send: Option<&[u32]>) -> Result<u64> {
         let before = self.bytes_sent();
+        let sent = Arc::clone(&self.sent);
         let counter = Counter::new(&mut self.link, Arc::clone(&self.sent));
-        let result = package::write_archive(release, counter, send).and_then(|mut out| out.flush());
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let host = self.host.clone();
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| report_progress(&host, &sent, before, &done));
+            let result =
+                package::write_archive(release, counter, send).and_then(|mut out| out.flush());
+            done.store(true, Ordering::Relaxed);
+            result
+        });
         match result {
             Ok(()) => Ok(self.bytes_sent() - before),
             Err(err) => Err(self.write_failed(&err)),

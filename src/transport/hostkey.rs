@@ -94,7 +94,7 @@ impl Pinning {
             CheckResult::Match => Ok(()),
             CheckResult::Mismatch => Err(Error::HostKeyMismatch {
                 host: label.into(),
-                expected: "the key in `known-hosts`".into(),
+                expected: self.pinned_fingerprints(host, port).join(" or "),
                 actual,
             }),
             CheckResult::NotFound | CheckResult::Failure if !pins.is_empty() => {
@@ -105,6 +105,30 @@ impl Pinning {
                 })
             }
             CheckResult::NotFound | CheckResult::Failure => Err(unpinned()),
+        }
+    }
+
+    /// Fingerprints of the `known-hosts` keys that may be meant for `host:port`
+    /// (named lines that list it, and hashed lines, whose names cannot be read).
+    fn pinned_fingerprints(&self, host: &str, port: u16) -> Vec<String> {
+        let names = [host.to_owned(), format!("[{host}]:{port}")];
+        let found: Vec<String> = self
+            .known_hosts
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let hosts = fields.next()?;
+                let key = fields.nth(1)?;
+                let meant = hosts.starts_with("|1|")
+                    || hosts.split(',').any(|h| names.iter().any(|n| n == h));
+                let blob = base64::Engine::decode(&STANDARD, key).ok()?;
+                meant.then(|| fingerprint(&blob))
+            })
+            .collect();
+        if found.is_empty() {
+            vec!["the key in `known-hosts`".into()]
+        } else {
+            found
         }
     }
 

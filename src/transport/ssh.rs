@@ -64,6 +64,10 @@ impl Loaded {
     }
 }
 
+fn millis(duration: Duration) -> u32 {
+    u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
+
 /// Quotes `text` for a POSIX shell.
 pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
@@ -104,6 +108,7 @@ pub fn open(
     let session = connect(&label, name, port)?;
     credentials.pinning.verify(&session, &label, name, port)?;
     authenticate(&session, &label, user, credentials)?;
+    session.set_timeout(millis(CALL_TIMEOUT));
     session.set_keepalive(true, 15);
     let agent = agent.get()?;
     let bin = agent.remote_path(remote_path);
@@ -176,7 +181,9 @@ fn connect(label: &str, name: &str, port: u16) -> Result<Session> {
     };
     let mut session = Session::new().map_err(ssh_error("starting"))?;
     session.set_tcp_stream(tcp);
-    session.set_timeout(u32::try_from(CALL_TIMEOUT.as_millis()).unwrap_or(u32::MAX));
+    // Until logged in, a silent server gets the connect timeout; afterwards the
+    // longer per-call timeout (the agent speaks at least every few seconds).
+    session.set_timeout(millis(CONNECT_TIMEOUT));
     session
         .handshake()
         .map_err(ssh_error("negotiating encryption"))?;
@@ -297,7 +304,18 @@ impl Link for SshLink {
         let mut rest = Vec::new();
         let _ = self.channel.read_to_end(&mut rest);
         let _ = self.channel.wait_close();
-        let status = self.channel.exit_status().ok();
+        // A process killed by a signal has exit status 0 in libssh2: look at the signal first.
+        let killed = self
+            .channel
+            .exit_signal()
+            .ok()
+            .and_then(|s| s.exit_signal)
+            .is_some();
+        let status = if killed {
+            None
+        } else {
+            self.channel.exit_status().ok()
+        };
         (status, stderr)
     }
 }

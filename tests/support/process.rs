@@ -59,10 +59,14 @@ impl Watched {
         let mut readers = Vec::new();
         if let Some(pipe) = child.stderr.take() {
             let all = Arc::clone(&stderr);
+            let started = Instant::now();
             readers.push(thread::spawn(move || {
                 for line in BufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
-                    all.lock().unwrap().push_str(&format!("{line}\n"));
+                    let ms = started.elapsed().as_millis();
+                    all.lock()
+                        .unwrap()
+                        .push_str(&format!("[{ms:>5} ms] {line}\n"));
                     let _ = tx.send(line);
                 }
             }));
@@ -143,7 +147,7 @@ impl Watched {
         }
     }
 
-    /// Everything it wrote to stderr so far.
+    /// Everything it wrote to stderr so far, each line with the time it came.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
@@ -218,4 +222,43 @@ impl Drop for AgentReaper {
             signal(pid, libc::SIGKILL);
         }
     }
+}
+
+/// A stripped copy of the `dropship` binary under test, for `DROPSHIP_AGENT_BINARY`:
+/// the same agent, but a 180 MB debug build hashed on both ends of every deploy
+/// costs about a second, which fault tests running dozens of deploys cannot
+/// afford. Falls back to the binary itself when `strip` is not there.
+pub fn lean_agent() -> PathBuf {
+    static LEAN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LEAN.get_or_init(|| {
+        let full = PathBuf::from(env!("CARGO_BIN_EXE_dropship"));
+        let meta = std::fs::metadata(&full).expect("stat the dropship binary");
+        let stamp = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let lean = dir.join(format!("dropship-agent-{}-{stamp}", meta.len()));
+        if lean.is_file() {
+            return lean;
+        }
+        let tmp = dir.join(format!("dropship-agent.tmp.{}", std::process::id()));
+        let stripped = std::fs::create_dir_all(&dir).is_ok()
+            && std::fs::copy(&full, &tmp).is_ok()
+            && std::process::Command::new("strip")
+                .arg(&tmp)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            && std::fs::rename(&tmp, &lean).is_ok();
+        if stripped {
+            lean
+        } else {
+            let _ = std::fs::remove_file(&tmp);
+            full
+        }
+    })
+    .clone()
 }
