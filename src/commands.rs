@@ -119,12 +119,9 @@ pub fn releases(args: ServerArgs) -> Result<()> {
             continue;
         };
         conn.send(&Request::Releases(server.target()))?;
-        let Event::Releases { releases } = conn.event()? else {
-            return Err(Error::Ssh {
-                host: host.to_string(),
-                step: "listing releases",
-                message: "unexpected answer".into(),
-            });
+        let releases = match conn.event()? {
+            Event::Releases { releases } => releases,
+            other => return Err(conn.unexpected(&other)),
         };
         expect_done(&mut conn)?;
         finish(conn)?;
@@ -244,12 +241,9 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
             target: server.target(),
             run: run.clone(),
         }))?;
-        let Event::Checks { checks } = conn.event()? else {
-            return Err(Error::Ssh {
-                host: host.to_string(),
-                step: "running doctor",
-                message: "unexpected answer".into(),
-            });
+        let checks = match conn.event()? {
+            Event::Checks { checks } => checks,
+            other => return Err(conn.unexpected(&other)),
         };
         expect_done(&mut conn)?;
         finish(conn)?;
