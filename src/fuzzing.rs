@@ -208,6 +208,7 @@ fn set_checksums(tar: &mut [u8]) {
         let Some(next) = (size.div_ceil(512).checked_mul(512))
             .and_then(|data| usize::try_from(data).ok())
             .and_then(|data| pos.checked_add(data))
+            .filter(|&next| next <= tar.len())
         else {
             return;
         };

@@ -68,6 +68,11 @@ pub fn receive(
     let mut decoder = zstd::stream::read::Decoder::with_buffer(input)
         .map_err(|err| stream_error(&err))?
         .single_frame();
+    // The client's level-3 frames use a 2 MiB window; refusing anything above
+    // 8 MiB keeps a hostile frame from making the agent allocate 128 MiB.
+    decoder
+        .window_log_max(23)
+        .map_err(|err| stream_error(&err))?;
     let received = unpack(&mut decoder, manifest, staging, reuse)?;
     // The tar end-of-archive blocks may be followed by padding: read to the frame's end.
     io::copy(&mut decoder.by_ref().take(1 << 20), &mut io::sink())
