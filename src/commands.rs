@@ -78,10 +78,9 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
     });
     let mut results = Vec::new();
     for host in &server.hosts {
-        let Some(mut conn) = connect(host, &server, &agent)? else {
+        let Some(mut conn) = connect(host, &server, &agent, &request)? else {
             continue;
         };
-        conn.send(&request)?;
         match wait_ready(&mut conn, &mut Vec::new())? {
             Event::Activated { release, previous } => {
                 tracing::info!(
@@ -115,10 +114,10 @@ pub fn releases(args: ServerArgs) -> Result<()> {
     let agent = AgentBinary::default();
     let mut all = serde_json::Map::new();
     for host in &server.hosts {
-        let Some(mut conn) = connect(host, &server, &agent)? else {
+        let Some(mut conn) = connect(host, &server, &agent, &Request::Releases(server.target()))?
+        else {
             continue;
         };
-        conn.send(&Request::Releases(server.target()))?;
         let releases = match conn.event()? {
             Event::Releases { releases } => releases,
             other => return Err(conn.unexpected(&other)),
@@ -217,9 +216,13 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
     let run = inputs::run_spec(&args.run, &server.remote_path)?;
     let agent = AgentBinary::default();
     let mut problems = 0;
+    let request = Request::Doctor(DoctorRequest {
+        target: server.target(),
+        run,
+    });
     for host in &server.hosts {
         println!("{host}:");
-        let conn = match connect(host, &server, &agent) {
+        let conn = match connect(host, &server, &agent, &request) {
             Ok(Some(conn)) => conn,
             Ok(None) => {
                 println!("  ✗ agent: not installed (dry run); run without --dry-run to install it");
@@ -237,10 +240,6 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
         };
         println!("  ✓ ssh: reachable, host key pinned and matching, logged in, agent running");
         let mut conn = conn;
-        conn.send(&Request::Doctor(DoctorRequest {
-            target: server.target(),
-            run: run.clone(),
-        }))?;
         let checks = match conn.event()? {
             Event::Checks { checks } => checks,
             other => return Err(conn.unexpected(&other)),

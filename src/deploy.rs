@@ -69,8 +69,18 @@ fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
     // Activated hosts wait for `commit` until every batch is live: one failure
     // anywhere puts every host back on what it served before.
     let mut activated: Vec<(usize, AgentConn)> = Vec::new();
+    // With one host nothing can ask it to revert: `activate` and `commit` follow the
+    // stream at once, saving two round trips.
+    let pipeline = server.hosts.len() == 1 && !server.dry_run;
     for batch in server.hosts.chunks(inputs.batch_size.max(1)) {
-        let staged = stage_batch(batch, inputs, &agent, &request, &release, outputs);
+        let staged = stage_batch(
+            batch,
+            inputs,
+            &agent,
+            (&request, pipeline),
+            &release,
+            outputs,
+        );
         let staged = match staged {
             Ok(staged) => staged,
             Err(err) => {
@@ -85,9 +95,12 @@ fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
         let results = parallel(staged, inputs.max_parallel, |(index, mut conn)| {
             let mut steps = Vec::new();
             let started = Instant::now();
-            let result = conn
-                .send(&Command::Activate)
-                .and_then(|()| wait_ready(&mut conn, &mut steps));
+            let sent = if pipeline {
+                Ok(())
+            } else {
+                conn.send(&Command::Activate)
+            };
+            let result = sent.and_then(|()| wait_ready(&mut conn, &mut steps));
             (index, conn, steps, started.elapsed().as_secs_f64(), result)
         });
         let mut failure = None;
@@ -123,7 +136,7 @@ fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
             return Err(err);
         }
     }
-    commit_all(activated, outputs)
+    commit_all(activated, outputs, pipeline)
 }
 
 /// Stages one batch of hosts, `max-parallel` at a time; on any failure the
@@ -132,7 +145,7 @@ fn stage_batch(
     batch: &[Host],
     inputs: &Deploy,
     agent: &AgentBinary,
-    request: &Request,
+    (request, pipeline): (&Request, bool),
     release: &Release,
     outputs: &mut Outputs,
 ) -> Result<Vec<(usize, AgentConn)>> {
@@ -142,7 +155,14 @@ fn stage_batch(
             host: host.to_string(),
             ..HostReport::default()
         };
-        let result = stage(host, &inputs.server, agent, request, release, &mut report);
+        let result = stage(
+            host,
+            &inputs.server,
+            agent,
+            (request, pipeline),
+            release,
+            &mut report,
+        );
         report.result = match &result {
             Ok(Some(_)) => "staged".into(),
             Ok(None) => "dry run".into(),
@@ -196,14 +216,21 @@ fn parallel<T: Send, R: Send>(items: Vec<T>, limit: usize, work: impl Fn(T) -> R
     results
 }
 
-/// Starts the agent on `host`; `None` in a dry run on a host without the agent.
-pub fn connect(host: &Host, server: &Server, agent: &AgentBinary) -> Result<Option<AgentConn>> {
+/// Starts the agent on `host` with `request`; `None` in a dry run on a host without the agent.
+pub fn connect(
+    host: &Host,
+    server: &Server,
+    agent: &AgentBinary,
+    request: &Request,
+) -> Result<Option<AgentConn>> {
+    let request = transport::encode_request(request);
     match transport::open(
         host,
         &server.credentials,
         agent,
         &server.remote_path,
         server.dry_run,
+        &request,
     )? {
         Opened::Ready(conn) => Ok(Some(conn)),
         Opened::AgentMissing { upload_bytes } => {
@@ -243,15 +270,14 @@ fn stage(
     host: &Host,
     server: &Server,
     agent: &AgentBinary,
-    request: &Request,
+    (request, pipeline): (&Request, bool),
     release: &Release,
     report: &mut HostReport,
 ) -> Result<Option<(AgentConn, u64)>> {
     let started = Instant::now();
-    let Some(mut conn) = connect(host, server, agent)? else {
+    let Some(mut conn) = connect(host, server, agent, request)? else {
         return Ok(None);
     };
-    conn.send_request(request)?;
     let ready = wait_ready(&mut conn, &mut report.steps)?;
     report.connect_secs = started.elapsed().as_secs_f64();
     let send = match ready {
@@ -292,6 +318,10 @@ fn stage(
     };
     let started = Instant::now();
     let compressed = conn.stream(release, send.as_deref())?;
+    if pipeline {
+        conn.send(&Command::Activate)?;
+        conn.send(&Command::Commit)?;
+    }
     match conn.event()? {
         Event::Staged { files, reused, .. } => {
             let secs = started.elapsed().as_secs_f64();
@@ -309,11 +339,17 @@ fn stage(
 }
 
 /// Keeps the new release on every host: each agent logs it and prunes.
-fn commit_all(activated: Vec<(usize, AgentConn)>, outputs: &mut Outputs) -> Result<()> {
+fn commit_all(
+    activated: Vec<(usize, AgentConn)>,
+    outputs: &mut Outputs,
+    committed: bool,
+) -> Result<()> {
     for (index, mut conn) in activated {
         let report = &mut outputs.per_host[index];
         let before = conn.bytes_sent();
-        conn.send(&Command::Commit)?;
+        if !committed {
+            conn.send(&Command::Commit)?;
+        }
         match wait_ready(&mut conn, &mut report.steps)? {
             Event::Done {
                 pruned,

@@ -17,6 +17,17 @@ const REQUEST_LEVEL: i32 = 15;
 /// Exit status of the bootstrap command when the agent is not installed yet.
 pub const AGENT_MISSING: i32 = 97;
 
+/// A request as the agent reads it: a `zstd <length>` line, then one zstd frame
+/// holding the JSON (a deploy request carries the whole manifest, which
+/// dominates the bytes of a small redeploy).
+pub fn encode_request(request: &impl Serialize) -> Vec<u8> {
+    let json = serde_json::to_vec(request).unwrap_or_default();
+    let frame = zstd::bulk::compress(&json, REQUEST_LEVEL).unwrap_or_default();
+    let mut bytes = format!("zstd {}\n", frame.len()).into_bytes();
+    bytes.extend_from_slice(&frame);
+    bytes
+}
+
 /// Logs bytes sent and throughput every [`PROGRESS_EVERY`] until `done`.
 fn report_progress(
     host: &str,
@@ -59,16 +70,26 @@ pub struct AgentConn {
 }
 
 impl AgentConn {
-    /// Waits for the agent's hello on `link`.
-    pub fn start(host: &str, link: Box<dyn Link>) -> Result<AgentConn> {
+    /// Sends `request` (see [`encode_request`]) on `link` at once — no round trip
+    /// to wait for the agent first — then reads the agent's hello.
+    pub fn start(host: &str, link: Box<dyn Link>, request: &[u8]) -> Result<AgentConn> {
         let mut conn = AgentConn {
             host: host.to_owned(),
             link,
             pending: Vec::new(),
             sent: Arc::new(AtomicU64::new(0)),
         };
+        // A failed write usually means the agent could not start: its exit says why.
+        let written = conn
+            .link
+            .write_all(request)
+            .and_then(|()| conn.link.flush());
+        conn.sent.fetch_add(request.len() as u64, Ordering::Relaxed);
         match conn.event()? {
-            Event::Hello { protocol, .. } if protocol == PROTOCOL_VERSION => Ok(conn),
+            Event::Hello { protocol, .. } if protocol == PROTOCOL_VERSION => match written {
+                Ok(()) => Ok(conn),
+                Err(err) => Err(conn.write_failed(&err)),
+            },
             Event::Hello { version, protocol } => Err(Error::Ssh {
                 host: conn.host.clone(),
                 step: "starting the agent",
@@ -104,20 +125,6 @@ impl AgentConn {
         result.map_err(|err| self.write_failed(&err))
     }
 
-    /// Sends a request as one zstd frame (`zstd <length>` line, then the frame):
-    /// a deploy request carries the whole manifest, which dominates the bytes of
-    /// a small redeploy.
-    pub fn send_request(&mut self, request: &impl Serialize) -> Result<()> {
-        let json = serde_json::to_vec(request).unwrap_or_default();
-        let frame =
-            zstd::bulk::compress(&json, REQUEST_LEVEL).map_err(|err| self.write_failed(&err))?;
-        let mut bytes = format!("zstd {}\n", frame.len()).into_bytes();
-        bytes.extend_from_slice(&frame);
-        let result = self.link.write_all(&bytes).and_then(|()| self.link.flush());
-        self.sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        result.map_err(|err| self.write_failed(&err))
-    }
-
     /// Streams the release; returns the compressed size.
     /// Only the files whose manifest index is in `send` go, when it is given.
     /// Progress is logged every few seconds while it runs (not per chunk).
@@ -150,7 +157,10 @@ impl AgentConn {
                         host: self.host.clone(),
                         failure,
                     }),
-                    Ok(event) => Ok(event),
+                    Ok(event) => {
+                        tracing::debug!("{}: agent said {event:?}", self.host);
+                        Ok(event)
+                    }
                     Err(_) => {
                         Err(self.died(Some(String::from_utf8_lossy(&line).trim().to_owned())))
                     }

@@ -15,8 +15,8 @@ struct LocalLink {
     stderr: Option<JoinHandle<String>>,
 }
 
-/// Starts `dropship agent` from this very binary.
-pub fn open() -> Result<AgentConn> {
+/// Starts `dropship agent` from this very binary and sends it `request`.
+pub fn open(request: &[u8]) -> Result<AgentConn> {
     let exe =
         std::env::current_exe().map_err(|err| Error::local("find", "the dropship binary", err))?;
     let mut child = Command::new(&exe)
@@ -46,7 +46,7 @@ pub fn open() -> Result<AgentConn> {
         stdout,
         stderr: Some(stderr),
     };
-    AgentConn::start("local", Box::new(link))
+    AgentConn::start("local", Box::new(link), request)
 }
 
 impl Read for LocalLink {

@@ -10,7 +10,7 @@ mod ssh;
 
 use std::fmt;
 
-pub use conn::AgentConn;
+pub use conn::{AgentConn, encode_request};
 pub use hostkey::Pinning;
 pub use keys::PrivateKey;
 pub use ssh::AgentBinary;
@@ -64,22 +64,25 @@ pub enum Opened {
     },
 }
 
-/// Starts the agent on `host`, uploading it first when needed (unless `dry_run`).
+/// Starts the agent on `host` with `request` (see [`encode_request`]), uploading
+/// it first when needed (unless `dry_run`).
 pub fn open(
     host: &Host,
     credentials: &Credentials,
     agent: &AgentBinary,
     remote_path: &str,
     dry_run: bool,
+    request: &[u8],
 ) -> Result<Opened> {
     match host {
-        Host::Local => local::open().map(Opened::Ready),
+        Host::Local => local::open(request).map(Opened::Ready),
         Host::Ssh { user, host, port } => ssh::open(
             (user, host, *port),
             credentials,
             agent,
             remote_path,
             dry_run,
+            request,
         ),
     }
 }

@@ -98,6 +98,7 @@ pub fn open(
     agent: &AgentBinary,
     remote_path: &str,
     dry_run: bool,
+    request: &[u8],
 ) -> Result<Opened> {
     let label = Host::Ssh {
         user: user.into(),
@@ -113,7 +114,7 @@ pub fn open(
     let agent = agent.get()?;
     let bin = agent.remote_path(remote_path);
     let command = agent_command(&bin, &agent.sha256);
-    match start(&session, &label, &command) {
+    match start(&session, &label, &command, request) {
         Err(Error::AgentDied { status, .. }) if status == "agent missing" => {}
         other => return other.map(Opened::Ready),
     }
@@ -127,7 +128,7 @@ pub fn open(
         agent.bytes.len() / 1024
     );
     upload(&session, &label, &bin, &agent.bytes)?;
-    let started = start(&session, &label, &command).map(|mut conn| {
+    let started = start(&session, &label, &command, request).map(|mut conn| {
         conn.count_upload(agent.bytes.len() as u64);
         conn
     });
@@ -242,19 +243,16 @@ fn exec(session: &Session, label: &str, command: &str) -> Result<Channel> {
     Ok(channel)
 }
 
-fn start(session: &Session, label: &str, command: &str) -> Result<AgentConn> {
+fn start(session: &Session, label: &str, command: &str, request: &[u8]) -> Result<AgentConn> {
     let channel = exec(session, label, command)?;
-    AgentConn::start(label, Box::new(SshLink { channel }))
+    AgentConn::start(label, Box::new(SshLink { channel }), request)
 }
 
 fn upload(session: &Session, label: &str, path: &str, bytes: &[u8]) -> Result<()> {
     let mut link = SshLink {
         channel: exec(session, label, &upload_command(path))?,
     };
-    let written = link
-        .channel
-        .write_all(bytes)
-        .and_then(|()| link.channel.flush());
+    let written = link.channel.write_all(bytes);
     let (status, stderr) = link.finish();
     match (written, status) {
         (Ok(()), Some(0)) => Ok(()),
@@ -287,8 +285,11 @@ impl Write for SshLink {
         self.channel.write(buf)
     }
 
+    /// Nothing to do: a blocking libssh2 write has sent its bytes when it returns.
+    /// (`Channel::flush` would call `libssh2_channel_flush_ex`, which *discards
+    /// unread incoming data* — the agent's answers.)
     fn flush(&mut self) -> io::Result<()> {
-        self.channel.flush()
+        Ok(())
     }
 }
 
