@@ -314,3 +314,53 @@ fn pm2_deploy_over_ssh_and_doctor() {
         out.stdout
     );
 }
+
+#[test]
+fn a_missing_node_fails_before_anything_changes_and_says_where_it_looked() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: hiding node needs a private mount namespace (root)");
+        return;
+    }
+    let site = Site::new(false);
+    site.deploy(&site.app("v1", Behaviour::Healthy), "r1")
+        .args(["--process-manager", "none"])
+        .success();
+    // This deploy runs in a mount namespace where every node binary on the machine is /dev/null.
+    let nodes: Vec<String> = ["/usr/bin/node", "/usr/local/bin/node"]
+        .iter()
+        .filter(|p| Path::new(p).exists())
+        .map(|p| format!("mount --bind /dev/null {p}"))
+        .collect();
+    let script = format!("{} && exec \"$0\" \"$@\"", nodes.join(" && "));
+    let out = std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            &script,
+            env!("CARGO_BIN_EXE_dropship"),
+            "deploy",
+        ])
+        .args(site.run_args())
+        .args(["--release", "r2", "--working-directory"])
+        .arg(site.app("v2", Behaviour::Healthy))
+        .arg("--remote-path")
+        .arg(&site.remote)
+        .env("PM2_HOME", site.pm2.path_str())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`node` not found on the server; looked in:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("/usr/local/bin") && stderr.contains(".nvm/versions/node"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: install Node.js"), "{stderr}");
+    assert_eq!(site.live(), "releases/r1");
+    assert!(!site.remote.join("releases/r2").exists());
+}

@@ -23,8 +23,7 @@ fn candidate_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect())
         .unwrap_or_default();
-    let nvm = std::env::var_os("NVM_DIR").map_or_else(|| home.join(".nvm"), PathBuf::from);
-    dirs.extend(nvm_bins(&nvm.join("versions/node")));
+    dirs.extend(nvm_bins(&nvm_dir().join("versions/node")));
     let volta = std::env::var_os("VOLTA_HOME").map_or_else(|| home.join(".volta"), PathBuf::from);
     dirs.push(volta.join("bin"));
     for dir in [
@@ -45,7 +44,17 @@ fn candidate_dirs() -> Vec<PathBuf> {
     ] {
         dirs.push(PathBuf::from(dir));
     }
+    let mut seen = std::collections::HashSet::new();
+    dirs.retain(|dir| seen.insert(dir.clone()));
     dirs
+}
+
+/// nvm's directory (`$NVM_DIR`, else `~/.nvm`).
+fn nvm_dir() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    std::env::var_os("NVM_DIR").map_or_else(|| home.join(".nvm"), PathBuf::from)
 }
 
 /// nvm's `versions/node/v*/bin`, newest version first.
@@ -91,7 +100,8 @@ pub fn find() -> Result<NodeTools> {
         (Some(node_dir), Some(pm2)) => Ok(NodeTools { node_dir, pm2 }),
         (node, _) => {
             let missing = if node.is_none() { "node" } else { "pm2" };
-            let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            let mut looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            looked.push(format!("{}/versions/node/*/bin", nvm_dir().display()));
             Err(Error::Agent(Failure::new(
                 FailureKind::Failed,
                 format!(
