@@ -13,7 +13,7 @@ use crate::inputs::{self, Server};
 use crate::package;
 use crate::protocol::{self, DoctorRequest, Event, Request, RollbackRequest};
 use crate::report::{Outputs, mb};
-use crate::transport::AgentBinary;
+use crate::transport::{self, AgentBinary};
 
 /// `deploy`, with what surrounds it in Actions: the GitHub deployment record,
 /// the step outputs, the job summary and an error annotation on failure.
@@ -70,12 +70,12 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
             .map_err(|p| Error::input("to", p, "pick one from `dropship releases`"))?;
     }
     let agent = AgentBinary::default();
-    let request = Request::Rollback(RollbackRequest {
+    let request = transport::encode_request(&Request::Rollback(RollbackRequest {
         target: server.target(),
         to: args.to.clone(),
         run,
         run_given: !args.run.is_empty(),
-    });
+    }));
     let mut results = Vec::new();
     for host in &server.hosts {
         let Some(mut conn) = connect(host, &server, &agent, &request)? else {
@@ -113,9 +113,9 @@ pub fn releases(args: ServerArgs) -> Result<()> {
     let server = Server::from_args(args)?;
     let agent = AgentBinary::default();
     let mut all = serde_json::Map::new();
+    let request = transport::encode_request(&Request::Releases(server.target()));
     for host in &server.hosts {
-        let Some(mut conn) = connect(host, &server, &agent, &Request::Releases(server.target()))?
-        else {
+        let Some(mut conn) = connect(host, &server, &agent, &request)? else {
             continue;
         };
         let releases = match conn.event()? {
@@ -216,10 +216,10 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
     let run = inputs::run_spec(&args.run, &server.remote_path)?;
     let agent = AgentBinary::default();
     let mut problems = 0;
-    let request = Request::Doctor(DoctorRequest {
+    let request = transport::encode_request(&Request::Doctor(DoctorRequest {
         target: server.target(),
         run,
-    });
+    }));
     for host in &server.hosts {
         println!("{host}:");
         let conn = match connect(host, &server, &agent, &request) {

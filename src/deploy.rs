@@ -55,7 +55,7 @@ fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
     outputs.release_bytes = release.manifest.total_bytes();
     let server = &inputs.server;
     let agent = AgentBinary::default();
-    let request = Request::Deploy(DeployRequest {
+    let request = transport::encode_request(&Request::Deploy(DeployRequest {
         target: server.target(),
         release: inputs.release.clone(),
         manifest: release.manifest.clone(),
@@ -65,7 +65,7 @@ fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
         server_dir: release.server_dir.clone(),
         run: inputs.run.clone(),
         env: inputs.env.as_deref().map(crate::dotenv::render),
-    });
+    }));
     // Activated hosts wait for `commit` until every batch is live: one failure
     // anywhere puts every host back on what it served before.
     let mut activated: Vec<(usize, AgentConn)> = Vec::new();
@@ -145,7 +145,7 @@ fn stage_batch(
     batch: &[Host],
     inputs: &Deploy,
     agent: &AgentBinary,
-    (request, pipeline): (&Request, bool),
+    (request, pipeline): (&[u8], bool),
     release: &Release,
     outputs: &mut Outputs,
 ) -> Result<Vec<(usize, AgentConn)>> {
@@ -216,21 +216,21 @@ fn parallel<T: Send, R: Send>(items: Vec<T>, limit: usize, work: impl Fn(T) -> R
     results
 }
 
-/// Starts the agent on `host` with `request`; `None` in a dry run on a host without the agent.
+/// Starts the agent on `host` with `request` (encoded once for every host, see
+/// [`transport::encode_request`]); `None` in a dry run on a host without the agent.
 pub fn connect(
     host: &Host,
     server: &Server,
     agent: &AgentBinary,
-    request: &Request,
+    request: &[u8],
 ) -> Result<Option<AgentConn>> {
-    let request = transport::encode_request(request);
     match transport::open(
         host,
         &server.credentials,
         agent,
         &server.remote_path,
         server.dry_run,
-        &request,
+        request,
     )? {
         Opened::Ready(conn) => Ok(Some(conn)),
         Opened::AgentMissing { upload_bytes } => {
@@ -270,7 +270,7 @@ fn stage(
     host: &Host,
     server: &Server,
     agent: &AgentBinary,
-    (request, pipeline): (&Request, bool),
+    (request, pipeline): (&[u8], bool),
     release: &Release,
     report: &mut HostReport,
 ) -> Result<Option<(AgentConn, u64)>> {
