@@ -30,6 +30,9 @@ pub enum Command {
     /// Run the server side (started by dropship over SSH; reads its request on stdin).
     #[command(hide = true)]
     Agent,
+    /// Pass one part of a release stream on to the agent (started by dropship over SSH).
+    #[command(hide = true)]
+    AgentPart(AgentPartArgs),
     /// Start the app with its runtime env (used by the process manager on the server).
     #[command(hide = true)]
     RunApp(RunAppArgs),
@@ -255,6 +258,14 @@ pub struct DoctorArgs {
     /// How the release runs.
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// `dropship agent-part` (hidden): one extra channel of a large upload.
+#[derive(Debug, Args)]
+pub struct AgentPartArgs {
+    /// The agent's socket.
+    #[arg(long)]
+    pub socket: std::path::PathBuf,
 }
 
 /// `dropship run-app` (hidden): what the process manager starts on the server.

@@ -172,9 +172,14 @@ pub fn package(args: &PackageArgs) -> Result<()> {
     let release = package::assemble(&inputs::source_spec(&args.source))?;
     let file =
         File::create(&args.output).map_err(|err| Error::local("create", &args.output, err))?;
-    let out = package::write_archive(&release, BufWriter::new(file), None)
-        .and_then(|mut out| out.flush())
-        .map_err(|err| Error::local("write", &args.output, err));
+    let out = package::write_archive(
+        &release,
+        BufWriter::new(file),
+        &package::split(&release, None, 1)[0],
+        package::compress_threads(),
+    )
+    .and_then(|mut out| out.flush())
+    .map_err(|err| Error::local("write", &args.output, err));
     out?;
     let manifest_path = args.output.with_file_name(format!(
         "{}.manifest.json",

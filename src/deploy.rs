@@ -3,6 +3,7 @@
 //! it served before. It fills [`Outputs`] as it goes, so that a failure still
 //! has a summary.
 
+use std::thread::ScopedJoinHandle;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
@@ -11,7 +12,7 @@ use crate::inputs::{Deploy, Server};
 use crate::package::{self, Release};
 use crate::protocol::{Command, DeployRequest, Event, Request};
 use crate::report::{HostReport, Outputs, mb};
-use crate::transport::{self, AgentBinary, AgentConn, Host, Opened};
+use crate::transport::{self, AgentBinary, AgentConn, Connection, Host, Opened};
 
 /// Seconds of client silence after which an agent gives up.
 const IDLE_TIMEOUT_SECS: u64 = 300;
@@ -37,24 +38,62 @@ fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
         )?;
         outputs.build_secs = started.elapsed().as_secs_f64();
     }
-    let release = {
-        let _group = github::Group::new("package");
-        let started = Instant::now();
-        let release = package::assemble(&inputs.source)?;
-        outputs.package_secs = started.elapsed().as_secs_f64();
-        tracing::info!(
-            "package: {} — {} files, {}, server.js in `{}`",
-            release.description,
-            release.manifest.file_count(),
-            mb(release.manifest.total_bytes()),
-            release.server_dir
-        );
-        release
-    };
-    outputs.files = release.manifest.file_count();
-    outputs.release_bytes = release.manifest.total_bytes();
     let server = &inputs.server;
     let agent = AgentBinary::default();
+    // The first hosts log in while the release is packaged.
+    let first = server
+        .hosts
+        .len()
+        .min(inputs.batch_size.max(1))
+        .min(inputs.max_parallel.max(1));
+    std::thread::scope(|scope| {
+        let early = server.hosts[..first]
+            .iter()
+            .map(|host| {
+                let agent = &agent;
+                Some(scope.spawn(move || timed_connect(host, server, agent)))
+            })
+            .collect();
+        let release = package_release(inputs, outputs)?;
+        ship(inputs, outputs, &agent, &release, early)
+    })
+}
+
+/// A connection that was started early, and how long it took.
+type Early<'scope> = Option<ScopedJoinHandle<'scope, Result<(Connection, f64)>>>;
+
+fn timed_connect(host: &Host, server: &Server, agent: &AgentBinary) -> Result<(Connection, f64)> {
+    let started = Instant::now();
+    let connection = transport::connect(host, &server.credentials, agent)?;
+    Ok((connection, started.elapsed().as_secs_f64()))
+}
+
+fn package_release(inputs: &Deploy, outputs: &mut Outputs) -> Result<Release> {
+    let _group = github::Group::new("package");
+    let started = Instant::now();
+    let release = package::assemble(&inputs.source)?;
+    outputs.package_secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "package: {} — {} files, {}, server.js in `{}`",
+        release.description,
+        release.manifest.file_count(),
+        mb(release.manifest.total_bytes()),
+        release.server_dir
+    );
+    outputs.files = release.manifest.file_count();
+    outputs.release_bytes = release.manifest.total_bytes();
+    Ok(release)
+}
+
+/// Stages the release on every host, batch by batch, and switches them.
+fn ship(
+    inputs: &Deploy,
+    outputs: &mut Outputs,
+    agent: &AgentBinary,
+    release: &Release,
+    mut early: Vec<Early<'_>>,
+) -> Result<()> {
+    let server = &inputs.server;
     let request = transport::encode_request(&Request::Deploy(DeployRequest {
         target: server.target(),
         release: inputs.release.clone(),
@@ -72,15 +111,19 @@ fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
     // With one host nothing can ask it to revert: `activate` and `commit` follow the
     // stream at once, saving two round trips.
     let pipeline = server.hosts.len() == 1 && !server.dry_run;
-    for batch in server.hosts.chunks(inputs.batch_size.max(1)) {
-        let staged = stage_batch(
-            batch,
-            inputs,
-            &agent,
-            (&request, pipeline),
-            &release,
-            outputs,
-        );
+    let batch_size = inputs.batch_size.max(1);
+    for (number, batch) in server.hosts.chunks(batch_size).enumerate() {
+        let hosts = batch
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let early = early
+                    .get_mut(number * batch_size + i)
+                    .and_then(Option::take);
+                (host, early)
+            })
+            .collect();
+        let staged = stage_batch(hosts, inputs, agent, (&request, pipeline), release, outputs);
         let staged = match staged {
             Ok(staged) => staged,
             Err(err) => {
@@ -142,21 +185,21 @@ fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
 /// Stages one batch of hosts, `max-parallel` at a time; on any failure the
 /// others discard what they staged.
 fn stage_batch(
-    batch: &[Host],
+    batch: Vec<(&Host, Early<'_>)>,
     inputs: &Deploy,
     agent: &AgentBinary,
     (request, pipeline): (&[u8], bool),
     release: &Release,
     outputs: &mut Outputs,
 ) -> Result<Vec<(usize, AgentConn)>> {
-    let results = parallel(batch.iter().collect(), inputs.max_parallel, |host| {
+    let results = parallel(batch, inputs.max_parallel, |(host, early)| {
         let _group = github::Group::new(&format!("upload to {host}"));
         let mut report = HostReport {
             host: host.to_string(),
             ..HostReport::default()
         };
         let result = stage(
-            host,
+            (host, early),
             &inputs.server,
             agent,
             (request, pipeline),
@@ -224,14 +267,18 @@ pub fn connect(
     agent: &AgentBinary,
     request: &[u8],
 ) -> Result<Option<AgentConn>> {
-    match transport::open(
-        host,
-        &server.credentials,
-        agent,
-        &server.remote_path,
-        server.dry_run,
-        request,
-    )? {
+    let connection = transport::connect(host, &server.credentials, agent)?;
+    start(host, connection, server, agent, request)
+}
+
+fn start(
+    host: &Host,
+    connection: Connection,
+    server: &Server,
+    agent: &AgentBinary,
+    request: &[u8],
+) -> Result<Option<AgentConn>> {
+    match connection.start(agent, &server.remote_path, server.dry_run, request)? {
         Opened::Ready(conn) => Ok(Some(conn)),
         Opened::AgentMissing { upload_bytes } => {
             tracing::info!(
@@ -267,24 +314,30 @@ pub fn wait_ready(conn: &mut AgentConn, steps: &mut Vec<String>) -> Result<Event
 }
 
 fn stage(
-    host: &Host,
+    (host, early): (&Host, Early<'_>),
     server: &Server,
     agent: &AgentBinary,
     (request, pipeline): (&[u8], bool),
     release: &Release,
     report: &mut HostReport,
 ) -> Result<Option<(AgentConn, u64)>> {
+    let (connection, connect_secs) = match early.map(ScopedJoinHandle::join) {
+        Some(Ok(connected)) => connected?,
+        Some(Err(panic)) => std::panic::resume_unwind(panic),
+        None => timed_connect(host, server, agent)?,
+    };
     let started = Instant::now();
-    let Some(mut conn) = connect(host, server, agent, request)? else {
+    let Some(mut conn) = start(host, connection, server, agent, request)? else {
         return Ok(None);
     };
     let ready = wait_ready(&mut conn, &mut report.steps)?;
-    report.connect_secs = started.elapsed().as_secs_f64();
-    let send = match ready {
+    report.connect_secs = connect_secs + started.elapsed().as_secs_f64();
+    let (send, join) = match ready {
         Event::Ready {
             live,
             free_bytes,
             send,
+            join,
         } => {
             tracing::info!(
                 "{host}: ready (live: {}, {} free){}",
@@ -296,7 +349,7 @@ fn stage(
                     release.manifest.file_count()
                 ))
             );
-            send
+            (send, join)
         }
         Event::Plan {
             live,
@@ -317,7 +370,7 @@ fn stage(
         other => return Err(conn.unexpected(&other)),
     };
     let started = Instant::now();
-    let compressed = conn.stream(release, send.as_deref())?;
+    let compressed = conn.stream(release, send.as_deref(), join.as_ref())?;
     if pipeline {
         conn.send(&Command::Activate)?;
         conn.send(&Command::Commit)?;

@@ -332,7 +332,7 @@ fn receive_checked(frame: &[u8], manifest: &Manifest) -> bool {
     fs::create_dir(&parent).expect("create the fuzz directory");
     let staging = parent.join("staging");
     let mut input = frame;
-    let result = receive::receive(&mut input, manifest, &staging, &HashMap::new());
+    let result = receive::receive(&mut input, |_| Ok(()), manifest, &staging, &HashMap::new());
     let outside: Vec<_> = fs::read_dir(&parent)
         .expect("list the fuzz directory")
         .map(|e| e.expect("list the fuzz directory").file_name())
@@ -560,8 +560,13 @@ fn package(manifest: &Manifest) -> Vec<u8> {
         &release.manifest, manifest,
         "packaging changed the manifest"
     );
-    let frame =
-        crate::package::write_archive(&release, Vec::new(), None).expect("the seed tree streams");
+    let frame = crate::package::write_archive(
+        &release,
+        Vec::new(),
+        &crate::package::split(&release, None, 1)[0],
+        1,
+    )
+    .expect("the seed tree streams");
     fs::remove_dir_all(&dir).expect("remove the seed directory");
     frame
 }

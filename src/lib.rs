@@ -55,6 +55,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     };
     match &cli.command {
         cli::Command::Agent => return ExitCode::from(agent::run() as u8),
+        cli::Command::AgentPart(args) => return ExitCode::from(agent::relay_part(&args.socket)),
         cli::Command::RunApp(args) => return launch::run(args),
         _ => {}
     }
@@ -72,6 +73,6 @@ fn dispatch(command: cli::Command) -> Result<(), Error> {
         cli::Command::Releases(args) => commands::releases(args),
         cli::Command::Package(args) => commands::package(&args),
         cli::Command::Doctor(args) => commands::doctor(args),
-        cli::Command::Agent | cli::Command::RunApp(_) => Ok(()),
+        cli::Command::Agent | cli::Command::AgentPart(_) | cli::Command::RunApp(_) => Ok(()),
     }
 }

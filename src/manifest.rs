@@ -31,6 +31,16 @@ pub struct Entry {
     pub kind: Kind,
 }
 
+impl Entry {
+    /// Bytes of content: a file's size, zero for anything else.
+    pub fn size(&self) -> u64 {
+        match self.kind {
+            Kind::File { size, .. } => size,
+            _ => 0,
+        }
+    }
+}
+
 /// The kind of a manifest entry, with what identifies its content.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]

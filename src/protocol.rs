@@ -143,16 +143,37 @@ pub struct RollbackRequest {
     pub run_given: bool,
 }
 
-/// What the client tells the agent after the stream.
+/// What the client tells the agent around the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Command {
+    /// The release follows, in `parts` zstd frames: the first right after this
+    /// line, the others through [`Join`] connections.
+    Stream {
+        /// How many parts the client sends (1 to [`MAX_PARTS`]).
+        parts: u32,
+    },
     /// Make the staged release live.
     Activate,
     /// Keep the activated release: log it and prune old ones.
     Commit,
     /// Go back to what was live before.
     Revert,
+}
+
+/// The most parts a release stream may be split into.
+pub const MAX_PARTS: u32 = 8;
+
+/// How a part of the release stream reaches the agent: `dropship agent-part`,
+/// started on another SSH channel, connects to `socket` and passes on its
+/// stdin, which starts with the line `<token>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Join {
+    /// A Unix socket under `remote-path`, owned by the agent.
+    pub socket: String,
+    /// A random value the part must start with (the socket's directory is
+    /// private already; this also keeps out strays).
+    pub token: String,
 }
 
 /// What the agent tells the client, one JSON object per line.
@@ -182,6 +203,9 @@ pub enum Event {
         free_bytes: u64,
         /// The live release, if any.
         live: Option<String>,
+        /// Where further parts of the stream may come in; `None` when they cannot.
+        #[serde(default)]
+        join: Option<Join>,
     },
     /// What a dry run would do.
     Plan {

@@ -59,6 +59,7 @@ fn run_agent(root: &Path, entries: Value, stream: Vec<u8>) -> Output {
     });
     let mut input = serde_json::to_vec(&request).unwrap();
     input.push(b'\n');
+    input.extend_from_slice(b"{\"stream\":{\"parts\":1}}\n");
     input.write_all(&stream).unwrap();
     input.extend_from_slice(b"\"activate\"\n\"commit\"\n");
     Test::new().arg("agent").stdin(input).run()
@@ -205,4 +206,80 @@ fn a_well_formed_stream_is_accepted() {
         std::fs::read_to_string(root.join("current/ok.txt")).unwrap(),
         "fine"
     );
+}
+
+/// A connection to the agent's part socket that does not know the token is
+/// ignored; the deploy waits for the real parts and lands whole.
+#[test]
+fn a_stray_connection_to_the_part_socket_is_ignored() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let entries = json!([file("a.txt", b"part one"), file("b.txt", b"part two")]);
+    let request = json!({
+        "op": "deploy",
+        "target": {"protocol": 1, "root": root, "by": "test", "lock_timeout_secs": 5, "dry_run": false},
+        "release": "r1",
+        "manifest": {"entries": entries},
+        "shared": [],
+        "keep_releases": 5,
+        "idle_timeout_secs": 10,
+        "server_dir": ".",
+        "run": crate::test::run_none(),
+    });
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_dropship"))
+        .arg("agent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = agent.stdin.take().unwrap();
+    let mut stdout = BufReader::new(agent.stdout.take().unwrap());
+    writeln!(stdin, "{request}").unwrap();
+    let mut line = String::new();
+    let ready = loop {
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        let event: Value = serde_json::from_str(&line).unwrap();
+        if event["event"] == "ready" {
+            break event;
+        }
+    };
+    let socket = ready["join"]["socket"].as_str().unwrap().to_owned();
+    let token = ready["join"]["token"].as_str().unwrap().to_owned();
+    let stray = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    (&stray).write_all(b"not-the-token\nrubbish").unwrap();
+    stdin.write_all(b"{\"stream\":{\"parts\":2}}\n").unwrap();
+    let part = |name: &str, content: &[u8]| {
+        let mut tar = tar::Builder::new(Vec::new());
+        raw_entry(&mut tar, name, tar::EntryType::Regular, content, None);
+        compress(tar)
+    };
+    stdin.write_all(&part("a.txt", b"part one")).unwrap();
+    let mut relay = Command::new(env!("CARGO_BIN_EXE_dropship"))
+        .args(["agent-part", "--socket", &socket])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut relay_in = relay.stdin.take().unwrap();
+    writeln!(relay_in, "{token}").unwrap();
+    relay_in.write_all(&part("b.txt", b"part two")).unwrap();
+    drop(relay_in);
+    assert!(relay.wait().unwrap().success());
+    stdin.write_all(b"\"activate\"\n\"commit\"\n").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(agent.wait().unwrap().success(), "{rest}");
+    assert!(rest.contains("\"event\":\"done\""), "{rest}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/a.txt")).unwrap(),
+        "part one"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/b.txt")).unwrap(),
+        "part two"
+    );
+    assert!(!Path::new(&socket).exists(), "the socket was left behind");
 }

@@ -279,3 +279,91 @@ fn a_redeploy_sends_only_new_content_and_links_the_rest() {
     };
     assert_eq!(robots("releases/r1"), robots("releases/r2"));
 }
+
+/// Large uploads over a slow link go over several SSH channels: each extra one
+/// runs `dropship agent-part`, which hands its part to the agent's socket.
+#[test]
+fn a_release_split_over_several_channels_lands_whole() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let v1 = fixture::nextjs_app(work.path(), "v1");
+    let v2 = fixture::nextjs_app(work.path(), "v2");
+    let expected_v1 = fixture::expected_release(&v1, &work.path().join("expected-v1"));
+    let expected_v2 = fixture::expected_release(&v2, &work.path().join("expected-v2"));
+    let remote = work.path().join("app");
+
+    Test::deploy_over_ssh(&sshd, &v1, &remote)
+        .args(["--release", "r1"])
+        .env("DROPSHIP_CHANNELS", "4")
+        .success();
+    tree::assert_same_tree_except(&expected_v1, &remote.join("current"), &[".env"]);
+    // A delta split over three channels, and a deploy onto this machine in parts.
+    Test::deploy_over_ssh(&sshd, &v2, &remote)
+        .args(["--release", "r2"])
+        .env("DROPSHIP_CHANNELS", "3")
+        .success();
+    tree::assert_same_tree_except(&expected_v2, &remote.join("current"), &[".env"]);
+    let local = work.path().join("local");
+    Test::new()
+        .args(["deploy", "--host", "local", "--process-manager", "none"])
+        .arg("--remote-path")
+        .arg(&local)
+        .arg("--working-directory")
+        .arg(&v2)
+        .env("DROPSHIP_CHANNELS", "8")
+        .success();
+    tree::assert_same_tree_except(&expected_v2, &local.join("current"), &[".env"]);
+    let leftovers: Vec<_> = fs::read_dir(remote.join(".dropship"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".sock"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The agent checks its own binary against the hash in its name before it
+/// changes anything; a damaged copy is removed, and the next deploy installs a
+/// fresh one.
+#[test]
+fn a_damaged_agent_binary_changes_nothing_and_is_replaced() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let remote = work.path().join("app");
+    Test::deploy_over_ssh(&sshd, &app, &remote)
+        .args(["--release", "r1"])
+        .success();
+    let bin_dir = remote.join(".dropship/bin");
+    let agent = fs::read_dir(&bin_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .expect("the installed agent");
+    let mut bytes = fs::read(&agent).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&agent, &bytes).unwrap();
+
+    let out = Test::deploy_over_ssh(&sshd, &app, &remote)
+        .args(["--release", "r2"])
+        .status(1);
+    assert!(out.stderr.contains("is damaged"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("run the deploy again"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(live(&remote), "releases/r1");
+    assert_eq!(releases(&remote), ["r1"]);
+    assert!(!agent.exists(), "the damaged agent is still there");
+
+    let out = Test::deploy_over_ssh(&sshd, &app, &remote)
+        .args(["--release", "r2"])
+        .success();
+    assert!(
+        out.stderr.contains("installing the agent"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(live(&remote), "releases/r2");
+}

@@ -8,8 +8,10 @@ mod activate;
 mod doctor;
 mod health;
 mod idle;
+mod parts;
 mod pm2;
 pub(crate) mod receive;
+mod selfcheck;
 mod store;
 mod tools;
 
@@ -27,6 +29,9 @@ use crate::protocol::{
 };
 use activate::Activator;
 use idle::IdleReader;
+use parts::PartListener;
+pub use parts::relay as relay_part;
+use selfcheck::SelfCheck;
 pub use store::Store;
 
 /// The longest request line accepted (a manifest of a few hundred thousand files).
@@ -38,6 +43,7 @@ const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Runs the agent on this process's stdin and stdout; returns the exit status.
 pub fn run() -> ExitStatus {
     let mut session = Session {
+        self_check: SelfCheck::start(),
         input: BufReader::with_capacity(256 * 1024, IdleReader::stdin(FIRST_REQUEST_TIMEOUT)),
         output: std::io::stdout().lock(),
     };
@@ -52,6 +58,7 @@ pub fn run() -> ExitStatus {
 }
 
 struct Session<W: Write> {
+    self_check: SelfCheck,
     input: BufReader<IdleReader>,
     output: W,
 }
@@ -196,17 +203,19 @@ impl<W: Write> Session<W> {
                 .filter_map(|(i, _)| u32::try_from(i).ok())
                 .collect()
         });
+        let parts = PartListener::bind(&store.dot());
         self.emit(&Event::Ready {
             send,
             free_bytes: store.free_bytes(),
             live: store.live(),
+            join: parts.as_ref().map(PartListener::join),
         })?;
         self.input
             .get_mut()
             .set_timeout(Duration::from_secs(request.idle_timeout_secs));
         let staging = store.staging_dir(&request.release);
         let result = self
-            .stage(&store, request, &staging, &reuse)
+            .stage(&store, request, (&staging, parts.as_ref()), &reuse)
             .and_then(|()| self.activate(&store, &activator, request, &staging));
         let _ = std::fs::remove_dir_all(&staging);
         result
@@ -218,10 +227,38 @@ impl<W: Write> Session<W> {
         &mut self,
         store: &Store,
         request: &DeployRequest,
-        staging: &Path,
+        (staging, listener): (&Path, Option<&PartListener>),
         reuse: &std::collections::HashMap<usize, std::path::PathBuf>,
     ) -> Result<()> {
-        let received = receive::receive(&mut self.input, &request.manifest, staging, reuse)?;
+        let parts = match self.read::<Command>()? {
+            Some(Command::Stream { parts }) if (1..=protocol::MAX_PARTS).contains(&parts) => parts,
+            Some(other) => {
+                return Err(bad_input(format!(
+                    "expected the release stream, got {other:?}"
+                )));
+            }
+            None => {
+                return Err(failed(
+                    "the client withdrew before sending the release; nothing was changed".into(),
+                ));
+            }
+        };
+        let more = (parts - 1) as usize;
+        let idle = Duration::from_secs(request.idle_timeout_secs);
+        let more_parts = |spawn: &mut dyn FnMut(receive::MorePart)| match listener {
+            _ if more == 0 => Ok(()),
+            Some(listener) => listener.accept(more, idle, spawn),
+            None => Err(bad_input(format!(
+                "the client sent {parts} parts, but this host takes one"
+            ))),
+        };
+        let received = receive::receive(
+            &mut self.input,
+            more_parts,
+            &request.manifest,
+            staging,
+            reuse,
+        )?;
         store.link_shared(staging, &request.shared)?;
         store::sync_filesystem(staging)?;
         self.emit(&Event::Staged {
@@ -248,6 +285,7 @@ impl<W: Write> Session<W> {
                 "the client withdrew before activation; the release was discarded".into(),
             ));
         }
+        self.self_check.verify()?;
         // Pending until committed: if this agent dies from here on, the next deploy
         // removes the release unless it is the live one.
         store.set_pending(Some(&request.release))?;
@@ -390,6 +428,7 @@ impl<W: Write> Session<W> {
             Some(last) if !request.run_given => last,
             _ => request.run.clone(),
         };
+        self.self_check.verify()?;
         Activator::new(&store, &run)?.activate(&to, live.as_deref(), &mut self.progress())?;
         store.update_state(|state| state.run = Some(run.clone()))?;
         store.log("rollback", Some(&to), live.as_deref(), &request.target.by)?;

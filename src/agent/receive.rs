@@ -8,6 +8,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -54,17 +55,116 @@ fn stream_error(err: &io::Error) -> Error {
     corrupt(format!("cannot read the stream: {err}"))
 }
 
-/// Reads one zstd frame holding a tar archive from `input` and writes the release
-/// under `staging` (which must not exist yet). `input` is left just past the frame.
-/// The files in `reuse` (by manifest index) are not in the stream: they are
-/// hard-linked from the given copies, which have the same content and mode.
+/// One part of the release stream: a reader positioned at its zstd frame.
+pub type Part<'a> = &'a mut (dyn BufRead + Send);
+
+/// A part of the stream that arrives on another connection.
+pub type MorePart = Box<dyn BufRead + Send>;
+
+/// Reads the release from `first` and the parts `more` hands over, one by one as
+/// they arrive — each one zstd frame holding a tar archive of some of its
+/// entries, all read in parallel (the client splits large uploads over several
+/// SSH channels) — and writes it under `staging` (which must not exist yet).
+/// `first` is read from before `more` is called, and is left just past its frame. Together the parts must hold every
+/// entry of `manifest` exactly once, except the files in `reuse` (by manifest
+/// index), which are hard-linked from the given copies instead.
 pub fn receive(
-    input: &mut impl BufRead,
+    first: Part<'_>,
+    more: impl FnOnce(&mut dyn FnMut(MorePart)) -> Result<()>,
     manifest: &Manifest,
     staging: &Path,
     reuse: &HashMap<usize, PathBuf>,
 ) -> Result<Received> {
     fs::create_dir_all(staging).at("create", staging)?;
+    let mut expected = manifest.by_path();
+    for &i in reuse.keys() {
+        expected.remove(manifest.entries[i].path.as_str());
+    }
+    let seen = Mutex::new(HashSet::new());
+    let (expected, seen_ref) = (&expected, &seen);
+    let unpacked: Vec<Result<Unpacked>> = std::thread::scope(|scope| {
+        let first = scope.spawn(move || receive_part(first, expected, seen_ref, staging));
+        let mut others = Vec::new();
+        let arrived = more(&mut |mut part: MorePart| {
+            others.push(scope.spawn(move || receive_part(&mut *part, expected, seen_ref, staging)));
+        });
+        let mut results = vec![join(first)];
+        results.extend(others.into_iter().map(join));
+        results.push(arrived.map(|()| Unpacked {
+            files: 0,
+            bytes: 0,
+            links: Vec::new(),
+        }));
+        results
+    });
+    let mut received = Received {
+        files: 0,
+        reused: 0,
+        bytes: 0,
+    };
+    let mut links = Vec::new();
+    for part in unpacked {
+        let part = part?;
+        received.files += part.files;
+        received.bytes += part.bytes;
+        links.extend(part.links);
+    }
+    let seen = seen
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(missing) = expected.keys().find(|path| !seen.contains(**path)) {
+        return Err(corrupt(format!("the stream ended before `{missing}`")));
+    }
+    for (&i, source) in reuse {
+        let entry = &manifest.entries[i];
+        link_or_copy(source, &staging.join(&entry.path), entry)?;
+        received.reused += 1;
+    }
+    // Links last: no file is ever written through a link that the stream created.
+    for (dest, target) in links {
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).at("create", parent)?;
+        }
+        std::os::unix::fs::symlink(&target, &dest).at("create the link", &dest)?;
+    }
+    // Directory modes last, deepest first, so a read-only directory never blocks a write.
+    for entry in manifest
+        .entries
+        .iter()
+        .rev()
+        .filter(|e| e.kind == Kind::Dir)
+    {
+        let dir = staging.join(&entry.path);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(entry.mode & 0o777))
+            .at("chmod", &dir)?;
+    }
+    Ok(received)
+}
+
+/// The entries the stream must hold, by path.
+type Expected<'a> = std::collections::BTreeMap<&'a str, &'a crate::manifest::Entry>;
+
+fn join<T>(worker: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    worker
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// What one part of the stream held.
+struct Unpacked {
+    files: u64,
+    bytes: u64,
+    /// Symlinks to create once every part is in: (where, target).
+    links: Vec<(PathBuf, String)>,
+}
+
+/// Reads one zstd frame from `input` and unpacks the archive it holds.
+fn receive_part(
+    input: &mut dyn BufRead,
+    expected: &Expected<'_>,
+    seen: &Mutex<HashSet<String>>,
+    staging: &Path,
+) -> Result<Unpacked> {
     let mut decoder = zstd::stream::read::Decoder::with_buffer(input)
         .map_err(|err| stream_error(&err))?
         .single_frame();
@@ -73,29 +173,23 @@ pub fn receive(
     decoder
         .window_log_max(23)
         .map_err(|err| stream_error(&err))?;
-    let received = unpack(&mut decoder, manifest, staging, reuse)?;
+    let unpacked = unpack(&mut decoder, expected, seen, staging)?;
     // The tar end-of-archive blocks may be followed by padding: read to the frame's end.
     io::copy(&mut decoder.by_ref().take(1 << 20), &mut io::sink())
         .map_err(|err| stream_error(&err))?;
-    Ok(received)
+    Ok(unpacked)
 }
 
 fn unpack(
     stream: impl Read,
-    manifest: &Manifest,
+    expected: &Expected<'_>,
+    seen: &Mutex<HashSet<String>>,
     staging: &Path,
-    reuse: &HashMap<usize, PathBuf>,
-) -> Result<Received> {
-    let mut expected = manifest.by_path();
-    let mut seen: HashSet<String> = HashSet::new();
-    for &i in reuse.keys() {
-        expected.remove(manifest.entries[i].path.as_str());
-    }
-    let mut links = Vec::new();
-    let mut received = Received {
+) -> Result<Unpacked> {
+    let mut unpacked = Unpacked {
         files: 0,
-        reused: 0,
         bytes: 0,
+        links: Vec::new(),
     };
     let mut archive = tar::Archive::new(stream);
     // Raw entries: GNU long names are read here, bounded (the tar crate would read
@@ -147,7 +241,11 @@ fn unpack(
         let Some(listed) = expected.get(path.as_str()) else {
             return Err(refuse(format!("entry `{path}` is not in the manifest")));
         };
-        if !seen.insert(path.clone()) {
+        let first_time = seen
+            .lock()
+            .map(|mut seen| seen.insert(path.clone()))
+            .unwrap_or(false);
+        if !first_time {
             return Err(refuse(format!("entry `{path}` appears twice")));
         }
         let dest = staging.join(&path);
@@ -164,8 +262,8 @@ fn unpack(
                 }
                 let mtime = entry.header().mtime().unwrap_or(0);
                 write_file(&mut entry, &dest, &path, *size, hash, listed.mode, mtime)?;
-                received.files += 1;
-                received.bytes += size;
+                unpacked.files += 1;
+                unpacked.bytes += size;
             }
             (Kind::Symlink { target }, tar::EntryType::Symlink) => {
                 let link = long_link
@@ -177,7 +275,7 @@ fn unpack(
                         "symlink `{path}` differs from the manifest"
                     )));
                 }
-                links.push((dest, target.clone()));
+                unpacked.links.push((dest, target.clone()));
             }
             _ => {
                 return Err(refuse(format!(
@@ -189,33 +287,7 @@ fn unpack(
     if long_path.is_some() || long_link.is_some() {
         return Err(corrupt("the stream ended after a long name".into()));
     }
-    if let Some(missing) = expected.keys().find(|path| !seen.contains(**path)) {
-        return Err(corrupt(format!("the stream ended before `{missing}`")));
-    }
-    for (&i, source) in reuse {
-        let entry = &manifest.entries[i];
-        link_or_copy(source, &staging.join(&entry.path), entry)?;
-        received.reused += 1;
-    }
-    // Links last: no file is ever written through a link that the stream created.
-    for (dest, target) in links {
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).at("create", parent)?;
-        }
-        std::os::unix::fs::symlink(&target, &dest).at("create the link", &dest)?;
-    }
-    // Directory modes last, deepest first, so a read-only directory never blocks a write.
-    for entry in manifest
-        .entries
-        .iter()
-        .rev()
-        .filter(|e| e.kind == Kind::Dir)
-    {
-        let dir = staging.join(&entry.path);
-        fs::set_permissions(&dir, fs::Permissions::from_mode(entry.mode & 0o777))
-            .at("chmod", &dir)?;
-    }
-    Ok(received)
+    Ok(unpacked)
 }
 
 /// Hard-links an unchanged file from an earlier release (releases are never
@@ -310,12 +382,24 @@ fn write_file(
     }
     file.set_permissions(fs::Permissions::from_mode(mode & 0o777))
         .at("chmod", dest)?;
+    start_writeback(&file);
     // A time past what the system can hold (a base-256 tar field) becomes the epoch.
     let mtime = UNIX_EPOCH
         .checked_add(Duration::from_secs(mtime))
         .unwrap_or(UNIX_EPOCH);
     file.set_modified(mtime).at("set the time of", dest)?;
     Ok(())
+}
+
+/// Asks the kernel to start writing `file` to disk now (as dpkg does), so that
+/// the one `syncfs` before the switch finds little left to wait for.
+fn start_writeback(file: &fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; the call only schedules writeback, and a
+    // filesystem that does not support it just returns an error, ignored here.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 #[cfg(test)]
@@ -344,7 +428,13 @@ mod tests {
     fn receive_into(frame: &[u8], manifest: &Manifest) -> (tempfile::TempDir, Result<Received>) {
         let dir = tempfile::tempdir().unwrap();
         let staging = dir.path().join("staging");
-        let result = receive(&mut &frame[..], manifest, &staging, &HashMap::new());
+        let result = receive(
+            &mut &frame[..],
+            |_| Ok(()),
+            manifest,
+            &staging,
+            &HashMap::new(),
+        );
         (dir, result)
     }
 

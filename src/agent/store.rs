@@ -112,7 +112,8 @@ impl Store {
         self.root.join("releases").join(release)
     }
 
-    fn dot(&self) -> PathBuf {
+    /// `.dropship`: dropship's own files beside the releases.
+    pub fn dot(&self) -> PathBuf {
         self.root.join(".dropship")
     }
 

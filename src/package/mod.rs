@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::manifest::{self, Entry, Kind, Manifest};
-pub use stream::{Counter, write_archive};
+pub use stream::{Selection, compress_threads, split, write_archive};
 
 /// The patterns left out when `exclude` is not given: source maps.
 pub const DEFAULT_EXCLUDE: &[&str] = &["**/*.map"];
@@ -266,6 +266,7 @@ fn build_release(
 ) -> Result<Release> {
     let mut entries = Vec::with_capacity(items.len());
     let mut sources = Vec::with_capacity(items.len());
+    let mut files = Vec::new();
     for (path, item) in items {
         let file_type = item.metadata.file_type();
         let kind = if file_type.is_dir() {
@@ -280,9 +281,10 @@ fn build_release(
             })?;
             Kind::Symlink { target }
         } else if file_type.is_file() {
+            files.push(entries.len());
             Kind::File {
                 size: item.metadata.len(),
-                hash: hash_file(&item.source)?,
+                hash: String::new(),
             }
         } else {
             return Err(Error::Source {
@@ -297,6 +299,13 @@ fn build_release(
         entries.push(Entry { path, mode, kind });
         sources.push((item.source, mtime));
     }
+    let paths: Vec<&Path> = files.iter().map(|&i| sources[i].0.as_path()).collect();
+    let hashes = hash_files(&paths)?;
+    for (i, hashed) in files.into_iter().zip(hashes) {
+        if let Kind::File { hash, .. } = &mut entries[i].kind {
+            *hash = hashed;
+        }
+    }
     let manifest = Manifest { entries };
     manifest.validate().map_err(|problem| Error::Source {
         problem,
@@ -310,13 +319,40 @@ fn build_release(
     })
 }
 
-fn hash_file(path: &Path) -> Result<String> {
+/// The content hashes of `paths`, in order, computed on every core: a release
+/// is mostly many small files, and hashing them is most of packaging.
+fn hash_files(paths: &[&Path]) -> Result<Vec<String>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let mut hashes = vec![String::new(); paths.len()];
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|first| {
+                scope.spawn(move || {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mine = (first..paths.len()).step_by(threads);
+                    mine.map(|i| Ok((i, hash_file(paths[i], &mut buf)?)))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        for worker in workers {
+            let done = worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            for (i, hash) in done {
+                hashes[i] = hash;
+            }
+        }
+        Ok(hashes)
+    })
+}
+
+fn hash_file(path: &Path, buf: &mut [u8]) -> Result<String> {
     let mut file = File::open(path).map_err(|err| Error::local("open", path, err))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = file
-            .read(&mut buf)
+            .read(buf)
             .map_err(|err| Error::local("read", path, err))?;
         if n == 0 {
             return Ok(manifest::content_hash(&hasher.finalize()));

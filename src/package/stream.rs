@@ -1,10 +1,9 @@
 //! The release as one tar stream compressed with multi-threaded zstd, produced
 //! while it is written: no temporary archive on either side.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Release;
 use crate::manifest::Kind;
@@ -12,40 +11,66 @@ use crate::manifest::Kind;
 /// zstd level: 3 is the best time/size trade-off for JS bundles (higher levels cost far more CPU).
 const LEVEL: i32 = 3;
 
-/// Counts the bytes written through it (shared, so progress can be read from elsewhere).
-pub struct Counter<W> {
-    inner: W,
-    count: Arc<AtomicU64>,
+/// Threads to compress with: zstd gains little past four.
+pub fn compress_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
-impl<W> Counter<W> {
-    /// Counts into `count`.
-    pub fn new(inner: W, count: Arc<AtomicU64>) -> Self {
-        Counter { inner, count }
-    }
+/// Which entries of a release one archive holds.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Manifest indices of the files it holds.
+    pub files: HashSet<usize>,
+    /// Whether it holds the directories and symlinks too (the first part does).
+    pub tree: bool,
 }
 
-impl<W: Write> Write for Counter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
+/// Splits the files to send — those in `send`, or all — into `parts` archives of
+/// about the same size (largest first, each to the lightest part so far).
+pub fn split(release: &Release, send: Option<&[u32]>, parts: usize) -> Vec<Selection> {
+    let mut files: Vec<(usize, u64)> = match send {
+        Some(send) => send.iter().map(|&i| i as usize).collect::<Vec<_>>(),
+        None => (0..release.manifest.entries.len()).collect::<Vec<_>>(),
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+    .into_iter()
+    .filter_map(|i| match release.manifest.entries.get(i)?.kind {
+        Kind::File { size, .. } => Some((i, size)),
+        _ => None,
+    })
+    .collect();
+    files.sort_by_key(|&(i, size)| (std::cmp::Reverse(size), i));
+    let mut selections: Vec<(u64, Selection)> = (0..parts.max(1))
+        .map(|part| {
+            let selection = Selection {
+                files: HashSet::new(),
+                tree: part == 0,
+            };
+            (0, selection)
+        })
+        .collect();
+    for (index, size) in files {
+        if let Some((bytes, lightest)) = selections.iter_mut().min_by_key(|(bytes, _)| *bytes) {
+            *bytes += size.max(512);
+            lightest.files.insert(index);
+        }
     }
+    selections
+        .into_iter()
+        .map(|(_, selection)| selection)
+        .collect()
 }
 
-/// Writes `release` to `out` as one zstd frame holding a tar archive, in manifest
-/// order; with `send`, only the files whose manifest index it lists (directories
-/// and symlinks always go: they are cheap and make the tree).
-pub fn write_archive<W: Write>(release: &Release, out: W, send: Option<&[u32]>) -> io::Result<W> {
-    let send: Option<std::collections::HashSet<usize>> =
-        send.map(|indices| indices.iter().map(|&i| i as usize).collect());
+/// Writes the entries of `release` that `selection` holds to `out` as one zstd
+/// frame holding a tar archive, in manifest order, compressing on `threads`
+/// threads.
+pub fn write_archive<W: Write>(
+    release: &Release,
+    out: W,
+    selection: &Selection,
+    threads: usize,
+) -> io::Result<W> {
     let mut encoder = zstd::stream::write::Encoder::new(out, LEVEL)?;
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    encoder.multithread(u32::try_from(workers).unwrap_or(1))?;
+    encoder.multithread(u32::try_from(threads.max(1)).unwrap_or(1))?;
     encoder.include_checksum(true)?;
     let mut tar = tar::Builder::new(encoder);
     for (index, (entry, (source, mtime))) in release
@@ -55,8 +80,11 @@ pub fn write_archive<W: Write>(release: &Release, out: W, send: Option<&[u32]>) 
         .zip(&release.sources)
         .enumerate()
     {
-        let wanted = send.as_ref().is_none_or(|set| set.contains(&index));
-        if !wanted && matches!(entry.kind, Kind::File { .. }) {
+        let wanted = match entry.kind {
+            Kind::File { .. } => selection.files.contains(&index),
+            _ => selection.tree,
+        };
+        if !wanted {
             continue;
         }
         let mut header = tar::Header::new_gnu();

@@ -17,36 +17,36 @@ struct LocalLink {
 
 /// Starts `dropship agent` from this very binary and sends it `request`.
 pub fn open(request: &[u8]) -> Result<AgentConn> {
-    let exe =
-        std::env::current_exe().map_err(|err| Error::local("find", "the dropship binary", err))?;
+    let link = spawn(&["agent"]).map_err(|(exe, err)| Error::local("start", exe, err))?;
+    AgentConn::start("local", Box::new(link), request)
+}
+
+/// Runs this binary with `args`, its stdin, stdout and stderr piped.
+fn spawn(args: &[&str]) -> std::result::Result<LocalLink, (std::path::PathBuf, io::Error)> {
+    let exe = std::env::current_exe().map_err(|err| ("dropship".into(), err))?;
     let mut child = Command::new(&exe)
-        .arg("agent")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|err| Error::local("start", &exe, err))?;
+        .map_err(|err| (exe.clone(), err))?;
     let (Some(stdin), Some(stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
-        return Err(Error::local(
-            "connect to",
-            &exe,
-            io::Error::other("no pipes"),
-        ));
+        return Err((exe, io::Error::other("no pipes")));
     };
     let stderr = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let link = LocalLink {
+    Ok(LocalLink {
         child,
         stdin: Some(stdin),
         stdout,
         stderr: Some(stderr),
-    };
-    AgentConn::start("local", Box::new(link), request)
+    })
 }
 
 impl Read for LocalLink {
@@ -69,6 +69,11 @@ impl Write for LocalLink {
 }
 
 impl Link for LocalLink {
+    fn open_part(&mut self, socket: &str) -> io::Result<Box<dyn Link>> {
+        let link = spawn(&["agent-part", "--socket", socket]).map_err(|(_, err)| err)?;
+        Ok(Box::new(link))
+    }
+
     fn finish(&mut self) -> (Option<i32>, String) {
         self.stdin = None;
         let status = self.child.wait().ok().and_then(|s| s.code());

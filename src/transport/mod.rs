@@ -64,25 +64,38 @@ pub enum Opened {
     },
 }
 
-/// Starts the agent on `host` with `request` (see [`encode_request`]), uploading
-/// it first when needed (unless `dry_run`).
-pub fn open(
-    host: &Host,
-    credentials: &Credentials,
-    agent: &AgentBinary,
-    remote_path: &str,
-    dry_run: bool,
-    request: &[u8],
-) -> Result<Opened> {
+/// A host reached and logged in to, before the agent starts.
+pub enum Connection {
+    /// `host: local`: nothing to connect.
+    Local,
+    /// An authenticated SSH session.
+    Ssh(ssh::Connected),
+}
+
+/// Reaches `host` and logs in (checking its pinned key). Independent of the
+/// release, so it can run while the release is being packaged.
+pub fn connect(host: &Host, credentials: &Credentials, agent: &AgentBinary) -> Result<Connection> {
     match host {
-        Host::Local => local::open(request).map(Opened::Ready),
-        Host::Ssh { user, host, port } => ssh::open(
-            (user, host, *port),
-            credentials,
-            agent,
-            remote_path,
-            dry_run,
-            request,
-        ),
+        Host::Local => Ok(Connection::Local),
+        Host::Ssh { user, host, port } => {
+            ssh::connect((user, host, *port), credentials, agent).map(Connection::Ssh)
+        }
+    }
+}
+
+impl Connection {
+    /// Starts the agent with `request` (see [`encode_request`]), uploading it
+    /// first when needed (unless `dry_run`).
+    pub fn start(
+        self,
+        agent: &AgentBinary,
+        remote_path: &str,
+        dry_run: bool,
+        request: &[u8],
+    ) -> Result<Opened> {
+        match self {
+            Connection::Local => local::open(request).map(Opened::Ready),
+            Connection::Ssh(connected) => connected.start(agent, remote_path, dry_run, request),
+        }
     }
 }

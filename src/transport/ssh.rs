@@ -7,7 +7,7 @@
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
 use ssh2::{Channel, Session};
@@ -73,10 +73,11 @@ pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// Runs the agent if the binary at `path` has the expected hash; exits 97 otherwise.
-pub fn agent_command(path: &str, sha256: &str) -> String {
+/// Runs the agent at `path` if it is there; exits 97 otherwise. (Its name holds
+/// its hash, and the agent checks itself against it before changing anything.)
+pub fn agent_command(path: &str) -> String {
     format!(
-        "f={}; if [ -x \"$f\" ] && [ \"$(sha256sum < \"$f\" | cut -c1-64)\" = {sha256} ]; then exec \"$f\" agent; fi; exit {AGENT_MISSING}",
+        "f={}; if [ -x \"$f\" ]; then exec \"$f\" agent; fi; exit {AGENT_MISSING}",
         quote(path)
     )
 }
@@ -91,58 +92,84 @@ pub fn upload_command(path: &str) -> String {
     )
 }
 
-/// Connects, checks the host key, logs in and starts the agent.
-pub fn open(
+/// A logged-in SSH session to one host.
+pub struct Connected {
+    label: String,
+    session: Session,
+}
+
+/// Connects, checks the host key and logs in; loads the agent binary meanwhile
+/// (it is needed next, and hashing it overlaps the handshake's round trips).
+pub fn connect(
     (user, name, port): (&str, &str, u16),
     credentials: &Credentials,
     agent: &AgentBinary,
-    remote_path: &str,
-    dry_run: bool,
-    request: &[u8],
-) -> Result<Opened> {
+) -> Result<Connected> {
     let label = Host::Ssh {
         user: user.into(),
         host: name.into(),
         port,
     }
     .to_string();
-    let session = connect(&label, name, port)?;
+    let (session, loaded) = std::thread::scope(|scope| {
+        let loaded = scope.spawn(|| agent.get().map(drop));
+        let session = open_session(&label, name, port);
+        (session, loaded.join())
+    });
+    let session = session?;
+    if let Ok(result) = loaded {
+        result?;
+    }
     credentials.pinning.verify(&session, &label, name, port)?;
     authenticate(&session, &label, user, credentials)?;
     session.set_timeout(millis(CALL_TIMEOUT));
     session.set_keepalive(true, 15);
-    let agent = agent.get()?;
-    let bin = agent.remote_path(remote_path);
-    let command = agent_command(&bin, &agent.sha256);
-    match start(&session, &label, &command, request) {
-        Err(Error::AgentDied { status, .. }) if status == "agent missing" => {}
-        other => return other.map(Opened::Ready),
-    }
-    if dry_run {
-        return Ok(Opened::AgentMissing {
-            upload_bytes: agent.bytes.len() as u64,
+    Ok(Connected { label, session })
+}
+
+impl Connected {
+    /// Starts the agent with `request`, uploading it first when it is missing
+    /// (unless `dry_run`).
+    pub fn start(
+        self,
+        agent: &AgentBinary,
+        remote_path: &str,
+        dry_run: bool,
+        request: &[u8],
+    ) -> Result<Opened> {
+        let Connected { label, session } = self;
+        let agent = agent.get()?;
+        let bin = agent.remote_path(remote_path);
+        match start(&session, &label, &bin, request) {
+            Err(Error::AgentDied { status, .. }) if status == "agent missing" => {}
+            other => return other.map(Opened::Ready),
+        }
+        if dry_run {
+            return Ok(Opened::AgentMissing {
+                upload_bytes: agent.bytes.len() as u64,
+            });
+        }
+        tracing::info!(
+            "{label}: installing the agent ({} KB) at {bin}",
+            agent.bytes.len() / 1024
+        );
+        upload(&session, &label, &bin, &agent.bytes)?;
+        let started = start(&session, &label, &bin, request).map(|mut conn| {
+            conn.count_upload(agent.bytes.len() as u64);
+            conn
         });
-    }
-    tracing::info!(
-        "{label}: installing the agent ({} KB) at {bin}",
-        agent.bytes.len() / 1024
-    );
-    upload(&session, &label, &bin, &agent.bytes)?;
-    let started = start(&session, &label, &command, request).map(|mut conn| {
-        conn.count_upload(agent.bytes.len() as u64);
-        conn
-    });
-    match started {
-        Err(Error::AgentDied { host, status, .. }) if status == "agent missing" => Err(Error::AgentDied {
-            host,
-            status,
-            stderr: "the uploaded agent does not verify: does the server have `sha256sum` (coreutils) and a writable `remote-path`?".into(),
-        }),
-        other => other.map(Opened::Ready),
+        match started {
+            Err(Error::AgentDied { host, status, .. }) if status == "agent missing" => Err(Error::AgentDied {
+                host,
+                status,
+                stderr: "the uploaded agent cannot be run: is `remote-path` on a filesystem mounted `noexec`?".into(),
+            }),
+            other => other.map(Opened::Ready),
+        }
     }
 }
 
-fn connect(label: &str, name: &str, port: u16) -> Result<Session> {
+fn open_session(label: &str, name: &str, port: u16) -> Result<Session> {
     let connect_error = |source: io::Error| Error::Connect {
         host: label.into(),
         source,
@@ -243,14 +270,37 @@ fn exec(session: &Session, label: &str, command: &str) -> Result<Channel> {
     Ok(channel)
 }
 
-fn start(session: &Session, label: &str, command: &str, request: &[u8]) -> Result<AgentConn> {
-    let channel = exec(session, label, command)?;
-    AgentConn::start(label, Box::new(SshLink { channel }), request)
+fn start(session: &Session, label: &str, agent: &str, request: &[u8]) -> Result<AgentConn> {
+    let opened = Instant::now();
+    let mut channel = session.channel_session().map_err(|err| Error::Ssh {
+        host: label.into(),
+        step: "opening a channel",
+        message: err.to_string(),
+    })?;
+    // Opening a channel is one round trip: what decides whether more channels pay.
+    let round_trip = opened.elapsed();
+    channel
+        .exec(&agent_command(agent))
+        .map_err(|err| Error::Ssh {
+            host: label.into(),
+            step: "starting the agent",
+            message: err.to_string(),
+        })?;
+    let link = SshLink {
+        channel,
+        session: session.clone(),
+        agent: agent.to_owned(),
+        round_trip,
+    };
+    AgentConn::start(label, Box::new(link), request)
 }
 
 fn upload(session: &Session, label: &str, path: &str, bytes: &[u8]) -> Result<()> {
     let mut link = SshLink {
         channel: exec(session, label, &upload_command(path))?,
+        session: session.clone(),
+        agent: String::new(),
+        round_trip: Duration::ZERO,
     };
     let written = link.channel.write_all(bytes);
     let (status, stderr) = link.finish();
@@ -269,9 +319,13 @@ fn upload(session: &Session, label: &str, path: &str, bytes: &[u8]) -> Result<()
     }
 }
 
-/// An exec channel running the agent.
+/// An exec channel running the agent (or a part of its stream).
 struct SshLink {
     channel: Channel,
+    session: Session,
+    /// The agent binary on the server.
+    agent: String,
+    round_trip: Duration,
 }
 
 impl Read for SshLink {
@@ -294,6 +348,26 @@ impl Write for SshLink {
 }
 
 impl Link for SshLink {
+    fn open_part(&mut self, socket: &str) -> io::Result<Box<dyn Link>> {
+        let command = format!(
+            "exec {} agent-part --socket {}",
+            quote(&self.agent),
+            quote(socket)
+        );
+        let mut channel = self.session.channel_session().map_err(io::Error::other)?;
+        channel.exec(&command).map_err(io::Error::other)?;
+        Ok(Box::new(SshLink {
+            channel,
+            session: self.session.clone(),
+            agent: self.agent.clone(),
+            round_trip: self.round_trip,
+        }))
+    }
+
+    fn round_trip(&self) -> Duration {
+        self.round_trip
+    }
+
     fn finish(&mut self) -> (Option<i32>, String) {
         let _ = self.channel.send_eof();
         let mut stderr = String::new();
@@ -332,6 +406,6 @@ mod tests {
             upload_command("/srv/app/.dropship/bin/d"),
             "umask 077 && mkdir -p '/srv/app/.dropship/bin' && t='/srv/app/.dropship/bin/d'.$$ && cat > \"$t\" && chmod 700 \"$t\" && mv -f \"$t\" '/srv/app/.dropship/bin/d'"
         );
-        assert!(agent_command("/a b/x", "00ff").starts_with("f='/a b/x'; if [ -x \"$f\" ]"));
+        assert!(agent_command("/a b/x").starts_with("f='/a b/x'; if [ -x \"$f\" ]"));
     }
 }
