@@ -11,6 +11,8 @@ mod idle;
 mod pm2;
 pub(crate) mod receive;
 mod store;
+mod supervisor;
+mod systemd;
 mod tools;
 
 use std::io::{BufRead, BufReader, Read, Write};
