@@ -165,7 +165,7 @@ pub struct RunArgs {
     /// Name of the app (process names, nginx upstream); default: last part of `remote-path`.
     #[arg(long)]
     pub app: Option<String>,
-    /// `pm2` (default) or `none` (files and the `current` switch only).
+    /// `pm2` (default), `systemd` (user units) or `none` (files and the `current` switch only).
     #[arg(long)]
     pub process_manager: Option<String>,
     /// How the app starts inside its release directory (default `node server.js`).

@@ -165,19 +165,13 @@ impl Deploy {
 pub fn run_spec(args: &RunArgs, remote_path: &str) -> Result<RunSpec> {
     let process_manager = match args.process_manager.as_deref().unwrap_or("pm2") {
         "pm2" => ProcessManager::Pm2,
+        "systemd" => ProcessManager::Systemd,
         "none" => ProcessManager::None,
-        "systemd" => {
-            return Err(Error::input(
-                "process-manager",
-                "`systemd` is not supported yet",
-                "use `pm2` (default) or `none`",
-            ));
-        }
         other => {
             return Err(Error::input(
                 "process-manager",
                 format!("`{other}` is not a process manager dropship knows"),
-                "use `pm2` (default) or `none`",
+                "use `pm2` (default), `systemd` or `none`",
             ));
         }
     };
@@ -197,7 +191,7 @@ pub fn run_spec(args: &RunArgs, remote_path: &str) -> Result<RunSpec> {
         return Err(Error::input(
             "strategy",
             "`blue-green` needs a process manager to start the new release",
-            "use `process-manager: pm2`, or `strategy: restart`",
+            "use `process-manager: pm2` or `systemd`, or `strategy: restart`",
         ));
     }
     let health_path = args.health_path.clone().unwrap_or_else(|| "/".into());

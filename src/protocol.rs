@@ -116,6 +116,8 @@ pub struct RunSpec {
 pub enum ProcessManager {
     /// PM2, found in the server's usual Node locations.
     Pm2,
+    /// systemd user units (`systemctl --user`) of the deploy user.
+    Systemd,
     /// Nothing: dropship places files and switches `current` only.
     None,
 }

@@ -12,6 +12,8 @@ mod ssh;
 mod agent;
 // Starting releases with PM2, health checks, blue-green through nginx.
 mod activate;
+// Releases run as systemd user units by a real `systemd --user`.
+mod systemd;
 // A real Next.js standalone build (npm), blue-green behind nginx.
 mod nextjs;
 // Several hosts in one deploy: all-at-once and rolling.

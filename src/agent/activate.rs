@@ -8,8 +8,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::health::{self, Probe};
-use super::pm2::{Launch, Pm2};
+use super::pm2::Pm2;
 use super::store::{self, Store};
+use super::supervisor::{Launch, Supervisor};
+use super::systemd::Systemd;
 use super::tools;
 use crate::error::{Error, Result};
 use crate::protocol::{Failure, FailureKind, ProcessManager, RunSpec, Strategy};
@@ -23,17 +25,26 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 pub struct Activator<'a> {
     store: &'a Store,
     run: &'a RunSpec,
-    pm2: Option<Pm2>,
+    supervisor: Option<Box<dyn Supervisor>>,
 }
 
 impl<'a> Activator<'a> {
-    /// Finds the process manager now, so that a missing Node or PM2 fails before anything changes.
+    /// Finds the process manager now, so that a missing Node or PM2, or an
+    /// unreachable systemd user manager, fails before anything changes.
     pub fn new(store: &'a Store, run: &'a RunSpec) -> Result<Activator<'a>> {
-        let pm2 = match run.process_manager {
-            ProcessManager::Pm2 => Some(Pm2::new(tools::find()?, store.logs_dir())),
+        let supervisor: Option<Box<dyn Supervisor>> = match run.process_manager {
+            ProcessManager::Pm2 => Some(Box::new(Pm2::new(tools::find()?, store.logs_dir()))),
+            ProcessManager::Systemd => Some(Box::new(Systemd::connect(
+                tools::find_node()?,
+                store.logs_dir(),
+            )?)),
             ProcessManager::None => None,
         };
-        Ok(Activator { store, run, pm2 })
+        Ok(Activator {
+            store,
+            run,
+            supervisor,
+        })
     }
 
     /// Makes `release` live while `previous` is. `progress` hears about each step.
@@ -43,58 +54,63 @@ impl<'a> Activator<'a> {
         previous: Option<&str>,
         progress: &mut dyn FnMut(String),
     ) -> Result<()> {
-        match (&self.pm2, self.run.strategy) {
+        match (self.supervisor.as_deref(), self.run.strategy) {
             (None, _) => self.store.switch(release),
-            (Some(pm2), Strategy::Restart) => self.restart(pm2, release, previous, progress),
-            (Some(pm2), Strategy::BlueGreen) => self.blue_green(pm2, release, progress),
+            (Some(pm), Strategy::Restart) => self.restart(pm, release, previous, progress),
+            (Some(pm), Strategy::BlueGreen) => self.blue_green(pm, release, progress),
         }
     }
 
     /// Stops whatever runs `release` (used when a first deploy is reverted).
     pub fn stop_all(&self) -> Result<()> {
-        let Some(pm2) = &self.pm2 else {
+        let Some(pm) = self.supervisor.as_deref() else {
             return Ok(());
         };
-        pm2.delete(&self.run.app)?;
+        pm.delete(&self.run.app)?;
         for port in &self.run.ports {
-            pm2.delete(&format!("{}-{port}", self.run.app))?;
+            pm.delete(&format!("{}-{port}", self.run.app))?;
         }
         self.store.update_state(|state| state.live_port = None)?;
-        pm2.save()
+        pm.save()
     }
 
     /// Stops the old process, starts the new release on the same port, and
     /// switches `current` once it is healthy; on failure starts the previous one again.
     fn restart(
         &self,
-        pm2: &Pm2,
+        pm: &dyn Supervisor,
         release: &str,
         previous: Option<&str>,
         progress: &mut dyn FnMut(String),
     ) -> Result<()> {
         let name = &self.run.app;
         let port = self.run.ports[0];
-        pm2.delete(name)?;
+        pm.delete(name)?;
         let started = check_port_free(port)
-            .and_then(|()| self.start_checked(pm2, name, release, port, progress));
+            .and_then(|()| self.start_checked(pm, name, release, port, progress));
         let Err(failure) = started else {
             self.store.switch(release)?;
-            return pm2.save();
+            return pm.save();
         };
-        let _ = pm2.delete(name);
+        let _ = pm.delete(name);
         if let Some(previous) = previous {
             progress(format!("putting {previous} back"));
-            if let Err(again) = self.start_checked(pm2, name, previous, port, progress) {
+            if let Err(again) = self.start_checked(pm, name, previous, port, progress) {
                 progress(format!(
                     "the previous release did not come back either: {again}"
                 ));
             }
         }
-        let _ = pm2.save();
+        let _ = pm.save();
         Err(failure)
     }
 
-    fn blue_green(&self, pm2: &Pm2, release: &str, progress: &mut dyn FnMut(String)) -> Result<()> {
+    fn blue_green(
+        &self,
+        pm: &dyn Supervisor,
+        release: &str,
+        progress: &mut dyn FnMut(String),
+    ) -> Result<()> {
         let app = &self.run.app;
         let live_port = self.store.state().live_port;
         let port = self
@@ -105,14 +121,14 @@ impl<'a> Activator<'a> {
             .find(|p| Some(*p) != live_port)
             .unwrap_or(self.run.ports[0]);
         let name = format!("{app}-{port}");
-        pm2.delete(&name)?;
+        pm.delete(&name)?;
         check_port_free(port)?;
-        if let Err(failure) = self.start_checked(pm2, &name, release, port, progress) {
-            let _ = pm2.delete(&name);
+        if let Err(failure) = self.start_checked(pm, &name, release, port, progress) {
+            let _ = pm.delete(&name);
             return Err(failure);
         }
         if let Err(failure) = self.switch_upstream(port) {
-            let _ = pm2.delete(&name);
+            let _ = pm.delete(&name);
             return Err(failure);
         }
         progress(format!("nginx sends new requests to port {port}"));
@@ -125,15 +141,15 @@ impl<'a> Activator<'a> {
                 "port {old} drained in {:.1} s; stopping the old release",
                 took.as_secs_f64()
             ));
-            pm2.delete(&format!("{app}-{old}"))?;
+            pm.delete(&format!("{app}-{old}"))?;
         }
-        pm2.save()
+        pm.save()
     }
 
     /// Starts `release` as process `name` on `port` and waits until it answers.
     fn start_checked(
         &self,
-        pm2: &Pm2,
+        pm: &dyn Supervisor,
         name: &str,
         release: &str,
         port: u16,
@@ -141,7 +157,7 @@ impl<'a> Activator<'a> {
     ) -> Result<()> {
         progress(format!("starting {release} on port {port}"));
         let dir = self.store.app_dir(release);
-        pm2.start(&Launch {
+        pm.start(&Launch {
             name,
             dir: &dir,
             env_file: &self.store.env_file(),
@@ -153,16 +169,8 @@ impl<'a> Activator<'a> {
         let probe = || {
             if last_status_check.elapsed() >= Duration::from_secs(2) {
                 last_status_check = Instant::now();
-                match pm2.status(name) {
-                    Some((status, _)) if status != "online" && status != "launching" => {
-                        return Probe::Dead(format!("the process is {status}"));
-                    }
-                    Some((_, restarts)) if restarts > 0 => {
-                        return Probe::Dead(format!(
-                            "the process exited and was restarted {restarts} time(s)"
-                        ));
-                    }
-                    _ => {}
+                if let Some(why) = pm.dead(name) {
+                    return Probe::Dead(why);
                 }
             }
             health::http_probe(port, &self.run.health_path)
@@ -180,7 +188,7 @@ impl<'a> Activator<'a> {
                 release,
                 port,
                 &reason,
-                &pm2.log_tail(name, 20),
+                &pm.log_tail(name, 20),
                 self.run,
             )),
         }

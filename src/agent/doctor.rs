@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use super::store::Store;
+use super::systemd::{self, UserManager};
 use super::tools;
 use crate::protocol::{Check, ProcessManager, RunSpec, Strategy};
 
@@ -14,8 +15,10 @@ const LOW_DISK: u64 = 500 << 20;
 /// Runs every check that applies to `run`.
 pub fn checks(store: &Store, root: &str, run: &RunSpec) -> Vec<Check> {
     let mut checks = vec![disk(store), writable(root)];
-    if run.process_manager == ProcessManager::Pm2 {
-        checks.push(node_tools());
+    match run.process_manager {
+        ProcessManager::Pm2 => checks.push(node_tools()),
+        ProcessManager::Systemd => checks.extend([node(), user_manager(), linger()]),
+        ProcessManager::None => {}
     }
     if run.strategy == Strategy::BlueGreen {
         checks.push(nginx_includes(run));
@@ -87,6 +90,58 @@ fn node_tools() -> Check {
             &err.hint().unwrap_or_default(),
         ),
     }
+}
+
+fn node() -> Check {
+    match tools::find_node() {
+        Ok(dir) => check("node", true, format!("node in {}", dir.display()), ""),
+        Err(err) => check(
+            "node",
+            false,
+            err.to_string(),
+            &err.hint().unwrap_or_default(),
+        ),
+    }
+}
+
+fn user_manager() -> Check {
+    match UserManager::detect().check() {
+        Ok(version) => check(
+            "systemd user manager",
+            true,
+            format!("`systemctl --user` reaches systemd {version}"),
+            "",
+        ),
+        Err(err) => check(
+            "systemd user manager",
+            false,
+            err.to_string(),
+            &err.hint().unwrap_or_default(),
+        ),
+    }
+}
+
+fn linger() -> Check {
+    let user = systemd::user_name();
+    let file = systemd::linger_file(&user);
+    let ok = file.exists();
+    check(
+        "lingering",
+        ok,
+        format!(
+            "{} {}: {user}'s systemd {}",
+            file.display(),
+            if ok { "exists" } else { "does not exist" },
+            if ok {
+                "starts at boot and runs without a login"
+            } else {
+                "stops with the last SSH session, and the app with it"
+            }
+        ),
+        &format!(
+            "as root, run `sudo loginctl enable-linger {user}` once, so the live release keeps running and comes back after a reboot"
+        ),
+    )
 }
 
 fn nginx_includes(run: &RunSpec) -> Check {

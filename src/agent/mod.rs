@@ -13,6 +13,8 @@ mod pm2;
 pub(crate) mod receive;
 mod selfcheck;
 mod store;
+mod supervisor;
+mod systemd;
 mod tools;
 
 use std::io::{BufRead, BufReader, Read, Write};

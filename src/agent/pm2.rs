@@ -5,32 +5,18 @@
 //! start command: the runtime env never appears on a command line, nor in PM2's
 //! dump file.
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+use super::supervisor::{self, Launch, Supervisor, failed};
 use super::tools::NodeTools;
-use crate::error::{Error, Result};
-use crate::protocol::{Failure, FailureKind};
+use crate::error::Result;
 
 /// PM2 on this server, with its logs under `.dropship/logs/`.
 pub struct Pm2 {
     tools: NodeTools,
     logs: PathBuf,
-}
-
-/// How one process is started.
-pub struct Launch<'a> {
-    /// Process name.
-    pub name: &'a str,
-    /// The release's `server.js` directory (real path).
-    pub dir: &'a Path,
-    /// The runtime env file (`shared/.env`).
-    pub env_file: &'a Path,
-    /// Port to listen on.
-    pub port: u16,
-    /// The start command.
-    pub start: &'a str,
 }
 
 impl Pm2 {
@@ -50,7 +36,7 @@ impl Pm2 {
         command
     }
 
-    fn run(&self, args: &[&std::ffi::OsStr], what: &str) -> Result<Output> {
+    fn run<S: AsRef<OsStr>>(&self, args: &[S], what: &str) -> Result<Output> {
         let output = self.command().args(args).output().map_err(|err| {
             failed(
                 format!("cannot run {}: {err}", self.tools.pm2.display()),
@@ -69,77 +55,8 @@ impl Pm2 {
         }
     }
 
-    /// The stdout and stderr log files of process `name`.
-    pub fn log_files(&self, name: &str) -> [PathBuf; 2] {
-        [
-            self.logs.join(format!("{name}.out.log")),
-            self.logs.join(format!("{name}.err.log")),
-        ]
-    }
-
-    /// Starts `dropship run-app` under PM2 for one release.
-    pub fn start(&self, launch: &Launch<'_>) -> Result<()> {
-        std::fs::create_dir_all(&self.logs).map_err(|err| {
-            failed(
-                format!("cannot create {}: {err}", self.logs.display()),
-                None,
-            )
-        })?;
-        let exe = std::env::current_exe()
-            .map_err(|err| failed(format!("cannot find the agent binary: {err}"), None))?;
-        let [out, err] = self.log_files(launch.name);
-        let port = launch.port.to_string();
-        for log in [&out, &err] {
-            let _ = std::fs::remove_file(log);
-        }
-        let args: Vec<&std::ffi::OsStr> = vec![
-            "start".as_ref(),
-            exe.as_os_str(),
-            "--name".as_ref(),
-            launch.name.as_ref(),
-            "--interpreter".as_ref(),
-            "none".as_ref(),
-            "--cwd".as_ref(),
-            launch.dir.as_os_str(),
-            "--output".as_ref(),
-            out.as_os_str(),
-            "--error".as_ref(),
-            err.as_os_str(),
-            "--kill-timeout".as_ref(),
-            "5000".as_ref(),
-            "--max-restarts".as_ref(),
-            "5".as_ref(),
-            "--".as_ref(),
-            "run-app".as_ref(),
-            "--env-file".as_ref(),
-            launch.env_file.as_os_str(),
-            "--port".as_ref(),
-            port.as_ref(),
-            "--path-prefix".as_ref(),
-            self.tools.node_dir.as_os_str(),
-            "--".as_ref(),
-            launch.start.as_ref(),
-        ];
-        self.run(&args, "start").map(drop)
-    }
-
-    /// Stops and forgets process `name`; a process that does not exist is fine.
-    pub fn delete(&self, name: &str) -> Result<()> {
-        if self.status(name).is_none() {
-            return Ok(());
-        }
-        self.run(&["delete".as_ref(), name.as_ref()], "delete")
-            .map(drop)
-    }
-
-    /// Saves the process list so that `pm2 resurrect` (at boot) brings the live release back.
-    pub fn save(&self) -> Result<()> {
-        self.run(&["save".as_ref(), "--force".as_ref()], "save")
-            .map(drop)
-    }
-
     /// PM2's status of process `name` (`online`, `errored`, `stopped`…) and its restart count.
-    pub fn status(&self, name: &str) -> Option<(String, u64)> {
+    fn status(&self, name: &str) -> Option<(String, u64)> {
         let output = self
             .command()
             .arg("jlist")
@@ -154,21 +71,60 @@ impl Pm2 {
             env["restart_time"].as_u64().unwrap_or(0),
         ))
     }
-
-    /// The last `lines` lines of the process's logs, stderr last.
-    pub fn log_tail(&self, name: &str, lines: usize) -> String {
-        self.log_files(name)
-            .iter()
-            .filter_map(|file| std::fs::read_to_string(file).ok())
-            .flat_map(|text| {
-                let all: Vec<String> = text.lines().map(str::to_owned).collect();
-                all[all.len().saturating_sub(lines)..].to_vec()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
 }
 
-fn failed(message: String, hint: Option<&str>) -> Error {
-    Error::Agent(Failure::new(FailureKind::Failed, message, hint))
+impl Supervisor for Pm2 {
+    fn start(&self, launch: &Launch<'_>) -> Result<()> {
+        let [out, err] = supervisor::fresh_logs(&self.logs, launch.name)?;
+        let (exe, run_app) = supervisor::run_app_args(launch, &self.tools.node_dir)?;
+        let mut args: Vec<OsString> = vec![
+            "start".into(),
+            exe.into(),
+            "--name".into(),
+            launch.name.into(),
+            "--interpreter".into(),
+            "none".into(),
+            "--cwd".into(),
+            launch.dir.into(),
+            "--output".into(),
+            out.into(),
+            "--error".into(),
+            err.into(),
+            "--kill-timeout".into(),
+            "5000".into(),
+            "--max-restarts".into(),
+            "5".into(),
+            "--".into(),
+        ];
+        args.extend(run_app);
+        self.run(&args, "start").map(drop)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        if self.status(name).is_none() {
+            return Ok(());
+        }
+        self.run(&["delete", name], "delete").map(drop)
+    }
+
+    /// `pm2 save`: `pm2 resurrect` (at boot) brings the live release back.
+    fn save(&self) -> Result<()> {
+        self.run(&["save", "--force"], "save").map(drop)
+    }
+
+    fn dead(&self, name: &str) -> Option<String> {
+        match self.status(name)? {
+            (status, _) if status != "online" && status != "launching" => {
+                Some(format!("the process is {status}"))
+            }
+            (_, restarts) if restarts > 0 => Some(format!(
+                "the process exited and was restarted {restarts} time(s)"
+            )),
+            _ => None,
+        }
+    }
+
+    fn log_tail(&self, name: &str, lines: usize) -> String {
+        supervisor::log_tail(&self.logs, name, lines)
+    }
 }

@@ -84,36 +84,41 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// Finds the directory holding `node`, or says where it looked.
+pub fn find_node() -> Result<PathBuf> {
+    let dirs = candidate_dirs();
+    dirs.iter()
+        .find(|d| is_executable(&d.join("node")))
+        .cloned()
+        .ok_or_else(|| not_found("node", &dirs))
+}
+
 /// Finds `node` and `pm2`, or says where it looked.
 pub fn find() -> Result<NodeTools> {
+    let node_dir = find_node()?;
     let dirs = candidate_dirs();
-    let node_dir = dirs
-        .iter()
-        .find(|d| is_executable(&d.join("node")))
-        .cloned();
-    let pm2 = node_dir
-        .iter()
+    std::iter::once(&node_dir)
         .chain(&dirs)
         .map(|d| d.join("pm2"))
-        .find(|p| is_executable(p));
-    match (node_dir, pm2) {
-        (Some(node_dir), Some(pm2)) => Ok(NodeTools { node_dir, pm2 }),
-        (node, _) => {
-            let missing = if node.is_none() { "node" } else { "pm2" };
-            let mut looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-            looked.push(format!("{}/versions/node/*/bin", nvm_dir().display()));
-            Err(Error::Agent(Failure::new(
-                FailureKind::Failed,
-                format!(
-                    "`{missing}` not found on the server; looked in: {}",
-                    looked.join(", ")
-                ),
-                Some(if missing == "node" {
-                    "install Node.js for the deploy user (e.g. nvm, or your distribution's package), or use `process-manager: none`"
-                } else {
-                    "install PM2 for the deploy user: `npm install -g pm2` (and `pm2 startup` once, so it survives reboots)"
-                }),
-            )))
-        }
-    }
+        .find(|p| is_executable(p))
+        .map(|pm2| NodeTools { node_dir, pm2 })
+        .ok_or_else(|| not_found("pm2", &dirs))
+}
+
+/// `missing` is in none of `dirs`: the error lists them, with how to install it.
+fn not_found(missing: &str, dirs: &[PathBuf]) -> Error {
+    let mut looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    looked.push(format!("{}/versions/node/*/bin", nvm_dir().display()));
+    Error::Agent(Failure::new(
+        FailureKind::Failed,
+        format!(
+            "`{missing}` not found on the server; looked in: {}",
+            looked.join(", ")
+        ),
+        Some(if missing == "node" {
+            "install Node.js for the deploy user (e.g. nvm, or your distribution's package), or use `process-manager: none`"
+        } else {
+            "install PM2 for the deploy user: `npm install -g pm2` (and `pm2 startup` once, so it survives reboots)"
+        }),
+    ))
 }

@@ -11,4 +11,5 @@ pub mod process;
 pub mod proxy;
 pub mod runtime;
 pub mod sshd;
+pub mod systemd;
 pub mod tree;
