@@ -585,6 +585,7 @@ fn a_release_staged_by_a_killed_agent_is_never_offered_for_rollback() {
         line.clear();
         assert!(events.read_line(&mut line).unwrap() > 0, "no ready: {line}");
     }
+    stdin.write_all(b"{\"stream\":{\"parts\":1}}\n").unwrap();
     stdin.write_all(&fs::read(&package).unwrap()).unwrap();
     stdin.flush().unwrap();
     while !line.contains("\"staged\"") {
