@@ -63,6 +63,9 @@ pub trait Link: Read + Write + Send {
     /// Closes the agent's stdin, waits for it to exit; returns its exit code and stderr.
     fn finish(&mut self) -> (Option<i32>, String);
 
+    /// Closes the agent's stdin without waiting for anything.
+    fn close_input(&mut self);
+
     /// Starts `dropship agent-part` beside the agent, to carry one more part of
     /// a release stream to `socket`.
     fn open_part(&mut self, socket: &str) -> io::Result<Box<dyn Link>>;
@@ -155,6 +158,9 @@ impl Write for Chunks {
 pub struct AgentConn {
     host: String,
     link: Box<dyn Link>,
+    /// The channels that carried the other parts of the stream, closed for
+    /// writing; reaped at the end, off the critical path.
+    parts: Vec<Box<dyn Link>>,
     pending: Vec<u8>,
     sent: Arc<AtomicU64>,
 }
@@ -166,6 +172,7 @@ impl AgentConn {
         let mut conn = AgentConn {
             host: host.to_owned(),
             link,
+            parts: Vec::new(),
             pending: Vec::new(),
             sent: Arc::new(AtomicU64::new(0)),
         };
@@ -283,20 +290,13 @@ impl AgentConn {
             let produced: io::Result<Vec<()>> = produced.collect();
             written.and_then(|()| produced.map(drop).map_err(|err| self.write_failed(&err)))
         });
-        let finished = extra.into_iter().map(|mut link| link.finish());
-        let failed: Vec<String> = finished
-            .filter(|(status, _)| *status != Some(0))
-            .map(|(status, stderr)| format!("exit status {status:?}: {}", stderr.trim()))
-            .collect();
-        written?;
-        match failed.first() {
-            None => Ok(()),
-            Some(first) => Err(Error::Ssh {
-                host: self.host.clone(),
-                step: "sending a part of the release",
-                message: first.clone(),
-            }),
+        // The agent answers `staged` once every part is in, so their channels
+        // need not be waited for now: that would cost a round trip.
+        for link in &mut extra {
+            link.close_input();
         }
+        self.parts.extend(extra);
+        written
     }
 
     /// Writes each chunk to its part's channel, opening the channels of the other
@@ -370,7 +370,11 @@ impl AgentConn {
 
     /// Closes the conversation and waits for the agent to exit.
     pub fn finish(mut self) -> Option<i32> {
-        self.link.finish().0
+        let status = self.link.finish().0;
+        for mut part in self.parts.drain(..) {
+            part.finish();
+        }
+        status
     }
 
     /// The error for an event that makes no sense at this point.

@@ -69,6 +69,10 @@ impl Write for LocalLink {
 }
 
 impl Link for LocalLink {
+    fn close_input(&mut self) {
+        self.stdin = None;
+    }
+
     fn open_part(&mut self, socket: &str) -> io::Result<Box<dyn Link>> {
         let link = spawn(&["agent-part", "--socket", socket]).map_err(|(_, err)| err)?;
         Ok(Box::new(link))

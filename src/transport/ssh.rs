@@ -348,6 +348,10 @@ impl Write for SshLink {
 }
 
 impl Link for SshLink {
+    fn close_input(&mut self) {
+        let _ = self.channel.send_eof();
+    }
+
     fn open_part(&mut self, socket: &str) -> io::Result<Box<dyn Link>> {
         let command = format!(
             "exec {} agent-part --socket {}",
