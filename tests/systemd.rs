@@ -304,7 +304,7 @@ fn systemd_deploy_over_ssh_and_doctor() {
     let remote = work.path().join("web");
     let port = free_port();
     let app = node_app(work.path(), "v1", Behaviour::Healthy);
-    Test::new()
+    let deployed = Test::new()
         .args(["deploy", "--process-manager", "systemd", "--app-port"])
         .arg(port.to_string())
         .args(["--release", "r1", "--working-directory"])
@@ -312,6 +312,15 @@ fn systemd_deploy_over_ssh_and_doctor() {
         .args(ssh_args(&sshd, &remote))
         .success();
     assert!(get(port).unwrap().starts_with("v1"));
+    let lingering = Path::new("/var/lib/systemd/linger")
+        .join(sshd.user())
+        .exists();
+    assert_eq!(
+        deployed.stderr.contains("warning: lingering is off"),
+        !lingering,
+        "{}",
+        deployed.stderr
+    );
     assert_eq!(
         manager.property("dropship-web.service", "ActiveState"),
         "active"

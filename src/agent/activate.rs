@@ -54,6 +54,9 @@ impl<'a> Activator<'a> {
         previous: Option<&str>,
         progress: &mut dyn FnMut(String),
     ) -> Result<()> {
+        if let Some(warning) = self.supervisor.as_deref().and_then(|pm| pm.warning()) {
+            progress(warning);
+        }
         match (self.supervisor.as_deref(), self.run.strategy) {
             (None, _) => self.store.switch(release),
             (Some(pm), Strategy::Restart) => self.restart(pm, release, previous, progress),

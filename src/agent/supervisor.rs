@@ -37,6 +37,10 @@ pub trait Supervisor {
     fn dead(&self, name: &str) -> Option<String>;
     /// The last `lines` lines of the process's logs, stderr last.
     fn log_tail(&self, name: &str, lines: usize) -> String;
+    /// Something about this server that will hurt later, said at every activation.
+    fn warning(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The stdout and stderr log files of process `name` under `logs`.

@@ -206,6 +206,17 @@ impl Systemd {
 }
 
 impl Supervisor for Systemd {
+    /// Without lingering the user manager, and the app with it, stops when the
+    /// deploy user's last session ends — this deploy's, moments from now.
+    fn warning(&self) -> Option<String> {
+        let user = user_name();
+        (!linger_file(&user).exists()).then(|| {
+            format!(
+                "warning: lingering is off for `{user}`: the app stops when {user}'s last session ends and does not come back at boot; as root, run `sudo loginctl enable-linger {user}` once"
+            )
+        })
+    }
+
     /// Writes the unit, reloads, enables and (re)starts it.
     fn start(&self, launch: &Launch<'_>) -> Result<()> {
         let logs = supervisor::fresh_logs(&self.logs, launch.name)?;
