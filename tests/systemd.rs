@@ -154,7 +154,7 @@ fn systemd_blue_green_deploys_and_a_rollback_lose_no_request_under_load() {
 
     let load = Load::start(nginx_port, 4, Duration::from_secs(240));
     let mut switches = Vec::new();
-    for n in 2..=4 {
+    for n in 2..=6 {
         let variant = format!("v{n}");
         let started = Instant::now();
         let out = site
@@ -174,7 +174,7 @@ fn systemd_blue_green_deploys_and_a_rollback_lose_no_request_under_load() {
             eprintln!("{line}");
         }
         assert!(site.answer().starts_with(&variant), "{}", site.answer());
-        // r2 and r4 run on the second port, r3 on the first.
+        // Even releases run on the second port, odd ones on the first.
         let (live, idle) = if n % 2 == 0 {
             (site.ports.1, site.ports.0)
         } else {
@@ -193,17 +193,17 @@ fn systemd_blue_green_deploys_and_a_rollback_lose_no_request_under_load() {
     )
     .success();
     switches.push(started.elapsed());
-    assert_contains(&out.stderr, "live: r3 (was r4)");
+    assert_contains(&out.stderr, "live: r5 (was r6)");
     assert_contains(&out.stderr, "nginx sends new requests to port");
-    assert!(site.answer().starts_with("v3"), "{}", site.answer());
+    assert!(site.answer().starts_with("v5"), "{}", site.answer());
     let (ok, failed, errors) = load.stop();
 
     eprintln!(
-        "systemd blue-green: 3 deploys + 1 rollback under load: {ok} requests, {failed} failed; switch times {switches:?}"
+        "systemd blue-green: 5 deploys + 1 rollback under load: {ok} requests, {failed} failed; switch times {switches:?}"
     );
     assert_eq!(failed, 0, "failed requests: {errors:?}");
     assert!(ok > 200, "the load generator barely ran: {ok}");
-    assert_runs(&manager, &site, &unit(site.ports.0), "r3");
+    assert_runs(&manager, &site, &unit(site.ports.0), "r5");
     assert_gone(&manager, &unit(site.ports.1));
     let active: Vec<_> = manager
         .dropship_units()
@@ -223,6 +223,32 @@ fn systemd_blue_green_deploys_and_a_rollback_lose_no_request_under_load() {
         vec![unit(site.ports.0)],
         "only the live unit starts at boot"
     );
+}
+
+/// `restart` under load with systemd: the single port refuses requests while
+/// the unit restarts (the figure to compare with blue-green's zero).
+#[test]
+fn systemd_restart_strategy_under_load_replaces_the_unit() {
+    let Some(manager) = UserManager::start() else {
+        return;
+    };
+    let site = Site::new(false);
+    site.deploy(&manager, &site.app("v1", Behaviour::Healthy), "r1")
+        .success();
+    let load = Load::start(site.ports.0, 4, Duration::from_secs(120));
+    for n in 2..=6 {
+        site.deploy(
+            &manager,
+            &site.app(&format!("v{n}"), Behaviour::Healthy),
+            &format!("r{n}"),
+        )
+        .success();
+    }
+    let (ok, failed, _) = load.stop();
+    eprintln!("systemd restart: 5 deploys under load: {ok} requests, {failed} failed");
+    assert!(ok > 200, "the load generator barely ran: {ok}");
+    assert!(site.answer().starts_with("v6"), "{}", site.answer());
+    assert_runs(&manager, &site, "dropship-site.service", "r6");
 }
 
 #[test]
