@@ -5,69 +5,35 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::runtime::{Behaviour, Load, Nginx, Pm2Home, free_port, get, node_app};
+use crate::support::runtime::{Behaviour, Load, Pm2Home, free_port, get, node_app};
+use crate::support::site;
 use crate::support::sshd::Sshd;
 use crate::test::{Output, Test, ssh_args};
 
-/// A site under test: its remote path, PM2 and (for blue-green) nginx.
+/// A site run by PM2 (its own `PM2_HOME`).
 struct Site {
-    work: tempfile::TempDir,
+    site: site::Site,
     pm2: Pm2Home,
-    remote: std::path::PathBuf,
-    ports: (u16, u16),
-    nginx: Option<Nginx>,
+}
+
+impl std::ops::Deref for Site {
+    type Target = site::Site;
+    fn deref(&self) -> &site::Site {
+        &self.site
+    }
 }
 
 impl Site {
     fn new(blue_green: bool) -> Site {
-        let work = tempfile::tempdir().unwrap();
-        let ports = (free_port(), free_port());
-        let upstream = work.path().join("upstream.conf");
-        fs::write(
-            &upstream,
-            format!("upstream site {{ server 127.0.0.1:{}; }}\n", ports.0),
-        )
-        .unwrap();
-        let nginx = blue_green.then(|| Nginx::start("site", &upstream));
         Site {
-            remote: work.path().join("site"),
+            site: site::Site::new(blue_green),
             pm2: Pm2Home::new(),
-            work,
-            ports,
-            nginx,
         }
     }
 
-    fn app(&self, variant: &str, behaviour: Behaviour) -> std::path::PathBuf {
-        node_app(self.work.path(), variant, behaviour)
-    }
-
-    /// Run options: blue-green through nginx when there is one, else restart on one port.
+    /// Run options with a 20 s health timeout.
     fn run_args(&self) -> Vec<String> {
-        self.run_args_with_timeout(20)
-    }
-
-    fn run_args_with_timeout(&self, health_timeout: u64) -> Vec<String> {
-        let mut args = vec![
-            "--host".into(),
-            "local".into(),
-            "--health-timeout".into(),
-            health_timeout.to_string(),
-        ];
-        match &self.nginx {
-            Some(nginx) => args.extend([
-                "--strategy".into(),
-                "blue-green".into(),
-                "--app-port".into(),
-                format!("{},{}", self.ports.0, self.ports.1),
-                "--nginx-upstream".into(),
-                nginx.upstream.display().to_string(),
-                "--nginx-reload".into(),
-                nginx.reload_command(),
-            ]),
-            None => args.extend(["--app-port".into(), self.ports.0.to_string()]),
-        }
-        args
+        self.site.run_args(20)
     }
 
     fn deploy(&self, app: &Path, release: &str) -> Test {
@@ -76,22 +42,7 @@ impl Site {
             .args(self.run_args())
             .args(["--release", release, "--working-directory"])
             .arg(app)
-            .arg("--remote-path")
-            .arg(&self.remote)
             .env("PM2_HOME", &self.pm2.path_str())
-    }
-
-    /// What the site answers: through nginx, or on the app port.
-    fn answer(&self) -> String {
-        let port = self.nginx.as_ref().map_or(self.ports.0, |n| n.port);
-        get(port).unwrap_or_else(|err| format!("failed: {err}"))
-    }
-
-    fn live(&self) -> String {
-        fs::read_link(self.remote.join("current"))
-            .unwrap()
-            .display()
-            .to_string()
     }
 }
 
@@ -199,11 +150,9 @@ fn blue_green_refuses_a_release_that_crashes_or_never_gets_healthy() {
 
     let out = Test::new()
         .arg("deploy")
-        .args(site.run_args_with_timeout(3))
+        .args(site.site.run_args(3))
         .args(["--release", "r3", "--working-directory"])
         .arg(site.app("sick", Behaviour::Unhealthy))
-        .arg("--remote-path")
-        .arg(&site.remote)
         .env("PM2_HOME", &site.pm2.path_str())
         .status(1);
     assert_contains(&out, "answered 500");
@@ -345,8 +294,6 @@ fn a_missing_node_fails_before_anything_changes_and_says_where_it_looked() {
         .args(site.run_args())
         .args(["--release", "r2", "--working-directory"])
         .arg(site.app("v2", Behaviour::Healthy))
-        .arg("--remote-path")
-        .arg(&site.remote)
         .env("PM2_HOME", site.pm2.path_str())
         .output()
         .unwrap();

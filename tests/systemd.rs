@@ -4,93 +4,41 @@
 //! anything changes, and `doctor` over SSH.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::runtime::{Behaviour, Load, Nginx, free_port, get, node_app};
+use crate::support::runtime::{Behaviour, Load, free_port, get, node_app};
+use crate::support::site;
 use crate::support::sshd::Sshd;
 use crate::support::systemd::UserManager;
 use crate::test::{Output, Test, ssh_args};
 
-/// A site run by systemd user units: its remote path, ports and (for blue-green) nginx.
-struct Site {
-    work: tempfile::TempDir,
-    remote: PathBuf,
-    ports: (u16, u16),
-    nginx: Option<Nginx>,
+/// A site run by systemd user units.
+struct Site(site::Site);
+
+impl std::ops::Deref for Site {
+    type Target = site::Site;
+    fn deref(&self) -> &site::Site {
+        &self.0
+    }
 }
 
 impl Site {
     fn new(blue_green: bool) -> Site {
-        let work = tempfile::tempdir().unwrap();
-        let ports = (free_port(), free_port());
-        let upstream = work.path().join("upstream.conf");
-        fs::write(
-            &upstream,
-            format!("upstream site {{ server 127.0.0.1:{}; }}\n", ports.0),
-        )
-        .unwrap();
-        let nginx = blue_green.then(|| Nginx::start("site", &upstream));
-        Site {
-            remote: work.path().join("site"),
-            work,
-            ports,
-            nginx,
-        }
-    }
-
-    fn app(&self, variant: &str, behaviour: Behaviour) -> PathBuf {
-        node_app(self.work.path(), variant, behaviour)
+        Site(site::Site::new(blue_green))
     }
 
     /// `deploy --host local --process-manager systemd`, blue-green when there is nginx.
     fn deploy(&self, manager: &UserManager, app: &Path, release: &str) -> Test {
-        let mut args = vec![
-            "deploy".to_owned(),
-            "--host".into(),
-            "local".into(),
-            "--process-manager".into(),
-            "systemd".into(),
-            "--health-timeout".into(),
-            "20".into(),
-            "--release".into(),
-            release.into(),
-        ];
-        match &self.nginx {
-            Some(nginx) => args.extend([
-                "--strategy".into(),
-                "blue-green".into(),
-                "--app-port".into(),
-                format!("{},{}", self.ports.0, self.ports.1),
-                "--nginx-upstream".into(),
-                nginx.upstream.display().to_string(),
-                "--nginx-reload".into(),
-                nginx.reload_command(),
-            ]),
-            None => args.extend(["--app-port".into(), self.ports.0.to_string()]),
-        }
         session(
             Test::new()
-                .args(args)
+                .arg("deploy")
+                .args(self.run_args(20))
+                .args(["--process-manager", "systemd", "--release", release])
                 .arg("--working-directory")
-                .arg(app)
-                .arg("--remote-path")
-                .arg(&self.remote),
+                .arg(app),
             manager,
         )
-    }
-
-    /// What the site answers: through nginx, or on the app port.
-    fn answer(&self) -> String {
-        let port = self.nginx.as_ref().map_or(self.ports.0, |n| n.port);
-        get(port).unwrap_or_else(|err| format!("failed: {err}"))
-    }
-
-    fn live(&self) -> String {
-        fs::read_link(self.remote.join("current"))
-            .unwrap()
-            .display()
-            .to_string()
     }
 }
 

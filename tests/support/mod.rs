@@ -10,6 +10,7 @@ pub mod mount;
 pub mod process;
 pub mod proxy;
 pub mod runtime;
+pub mod site;
 pub mod sshd;
 pub mod systemd;
 pub mod tree;
