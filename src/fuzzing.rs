@@ -332,7 +332,13 @@ fn receive_checked(frame: &[u8], manifest: &Manifest) -> bool {
     fs::create_dir(&parent).expect("create the fuzz directory");
     let staging = parent.join("staging");
     let mut input = frame;
-    let result = receive::receive(&mut input, |_| Ok(()), manifest, &staging, &HashMap::new());
+    let result = receive::receive(
+        &mut input,
+        |_, _| Ok(()),
+        manifest,
+        &staging,
+        &HashMap::new(),
+    );
     let outside: Vec<_> = fs::read_dir(&parent)
         .expect("list the fuzz directory")
         .map(|e| e.expect("list the fuzz directory").file_name())

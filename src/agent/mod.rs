@@ -247,12 +247,14 @@ impl<W: Write> Session<W> {
         };
         let more = (parts - 1) as usize;
         let idle = Duration::from_secs(request.idle_timeout_secs);
-        let more_parts = |spawn: &mut dyn FnMut(receive::MorePart)| match listener {
-            _ if more == 0 => Ok(()),
-            Some(listener) => listener.accept(more, idle, spawn),
-            None => Err(bad_input(format!(
-                "the client sent {parts} parts, but this host takes one"
-            ))),
+        let more_parts = |spawn: &mut dyn FnMut(receive::MorePart), given_up: &dyn Fn() -> bool| {
+            match listener {
+                _ if more == 0 => Ok(()),
+                Some(listener) => listener.accept(more, idle, spawn, given_up),
+                None => Err(bad_input(format!(
+                    "the client sent {parts} parts, but this host takes one"
+                ))),
+            }
         };
         let received = receive::receive(
             &mut self.input,

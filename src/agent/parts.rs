@@ -56,12 +56,14 @@ impl PartListener {
     }
 
     /// Waits for `count` parts to connect and say the token, handing each to
-    /// `arrived` at once; each reads with `idle` as its timeout.
+    /// `arrived` at once; each reads with `idle` as its timeout. Stops waiting
+    /// (without an error of its own) once `given_up` says the stream failed.
     pub fn accept(
         &self,
         count: usize,
         idle: Duration,
         arrived: &mut dyn FnMut(MorePart),
+        given_up: &dyn Fn() -> bool,
     ) -> Result<()> {
         self.listener
             .set_nonblocking(true)
@@ -77,6 +79,9 @@ impl PartListener {
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if given_up() {
+                        return Ok(());
+                    }
                     if Instant::now() > deadline {
                         return Err(failed(format!(
                             "only {accepted} of {count} further parts of the release arrived"

@@ -9,6 +9,7 @@ use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -65,12 +66,14 @@ pub type MorePart = Box<dyn BufRead + Send>;
 /// they arrive — each one zstd frame holding a tar archive of some of its
 /// entries, all read in parallel (the client splits large uploads over several
 /// SSH channels) — and writes it under `staging` (which must not exist yet).
-/// `first` is read from before `more` is called, and is left just past its frame. Together the parts must hold every
-/// entry of `manifest` exactly once, except the files in `reuse` (by manifest
-/// index), which are hard-linked from the given copies instead.
+/// `first` is read from before `more` is called, and is left just past its
+/// frame; `more` should give up when its second argument says the first part
+/// failed. Together the parts must hold every entry of `manifest` exactly once,
+/// except the files in `reuse` (by manifest index), which are hard-linked from
+/// the given copies instead.
 pub fn receive(
     first: Part<'_>,
-    more: impl FnOnce(&mut dyn FnMut(MorePart)) -> Result<()>,
+    more: impl FnOnce(&mut dyn FnMut(MorePart), &dyn Fn() -> bool) -> Result<()>,
     manifest: &Manifest,
     staging: &Path,
     reuse: &HashMap<usize, PathBuf>,
@@ -82,12 +85,23 @@ pub fn receive(
     }
     let seen = Mutex::new(HashSet::new());
     let (expected, seen_ref) = (&expected, &seen);
+    let first_failed = AtomicBool::new(false);
     let unpacked: Vec<Result<Unpacked>> = std::thread::scope(|scope| {
-        let first = scope.spawn(move || receive_part(first, expected, seen_ref, staging));
-        let mut others = Vec::new();
-        let arrived = more(&mut |mut part: MorePart| {
-            others.push(scope.spawn(move || receive_part(&mut *part, expected, seen_ref, staging)));
+        let first_failed = &first_failed;
+        let first = scope.spawn(move || {
+            let result = receive_part(first, expected, seen_ref, staging);
+            first_failed.store(result.is_err(), Ordering::Relaxed);
+            result
         });
+        let mut others = Vec::new();
+        let arrived = more(
+            &mut |mut part: MorePart| {
+                others.push(
+                    scope.spawn(move || receive_part(&mut *part, expected, seen_ref, staging)),
+                );
+            },
+            &|| first_failed.load(Ordering::Relaxed),
+        );
         let mut results = vec![join(first)];
         results.extend(others.into_iter().map(join));
         results.push(arrived.map(|()| Unpacked {
@@ -430,7 +444,7 @@ mod tests {
         let staging = dir.path().join("staging");
         let result = receive(
             &mut &frame[..],
-            |_| Ok(()),
+            |_, _| Ok(()),
             manifest,
             &staging,
             &HashMap::new(),

@@ -312,10 +312,16 @@ impl AgentConn {
                 (None, _) => &mut *self.link,
                 (Some(i), Some(join)) => {
                     while extra.len() <= i {
-                        let mut link = self
-                            .link
-                            .open_part(&join.socket)
-                            .map_err(|err| self.write_failed(&err))?;
+                        let mut link =
+                            self.link
+                                .open_part(&join.socket)
+                                .map_err(|err| Error::Ssh {
+                                    host: self.host.clone(),
+                                    step: "opening another channel for the upload",
+                                    message: format!(
+                                        "{err} (does sshd allow one session per connection, `MaxSessions 1`? `DROPSHIP_CHANNELS=1` uploads on one channel)"
+                                    ),
+                                })?;
                         let header = format!("{}\n", join.token);
                         link.write_all(header.as_bytes())
                             .map_err(|err| self.write_failed(&err))?;

@@ -94,7 +94,13 @@ impl Sshd {
 
     /// Like [`Sshd::start`], with `SetEnv` variables in every session (e.g. `PM2_HOME`).
     pub fn start_with_env(env: &[(&str, &str)]) -> Sshd {
-        Sshd::start_with(env, None)
+        Sshd::start_with(env, None, 20)
+    }
+
+    /// Like [`Sshd::start`], allowing `max_sessions` channels per connection
+    /// (hardened servers set `MaxSessions` low).
+    pub fn start_with_max_sessions(max_sessions: u32) -> Sshd {
+        Sshd::start_with(&[], None, max_sessions)
     }
 
     /// A separate "server" on this machine: every session runs in its own mount
@@ -110,10 +116,10 @@ impl Sshd {
             remote.display()
         );
         write_mode(&script, body.as_bytes(), 0o755);
-        Sshd::start_with(env, Some(&script))
+        Sshd::start_with(env, Some(&script), 20)
     }
 
-    fn start_with(env: &[(&str, &str)], force_command: Option<&Path>) -> Sshd {
+    fn start_with(env: &[(&str, &str)], force_command: Option<&Path>, max_sessions: u32) -> Sshd {
         let user = current_user();
         check_account_not_locked(&user);
         if is_root() {
@@ -146,8 +152,11 @@ impl Sshd {
         for attempt in 1..=START_ATTEMPTS {
             let port = free_port();
             let config = d.join("sshd_config");
-            fs::write(&config, sshd_config(d, port, env, force_command))
-                .expect("write sshd_config");
+            fs::write(
+                &config,
+                sshd_config(d, port, env, force_command, max_sessions),
+            )
+            .expect("write sshd_config");
             let log_path = d.join("sshd.log");
             let log = fs::File::create(&log_path).expect("create sshd.log");
             let child = Command::new(SSHD)
@@ -307,6 +316,7 @@ fn sshd_config(
     port: u16,
     env: &[(&str, &str)],
     force_command: Option<&Path>,
+    max_sessions: u32,
 ) -> String {
     let d = dir.display();
     // Paths are quoted so a temp dir with spaces still works.
@@ -327,7 +337,7 @@ X11Forwarding no
 PrintMotd no
 LogLevel VERBOSE
 ClientAliveInterval 15
-MaxSessions 20
+MaxSessions {max_sessions}
 MaxStartups 50
 {set_env}{force}"#,
         force = force_command.map_or(String::new(), |c| format!("ForceCommand {}\n", c.display())),
