@@ -27,6 +27,19 @@ impl IdleReader {
     }
 }
 
+/// Whether the client has closed the agent's stdin (the pipe reports a hang-up;
+/// data it sent before may still be waiting). Never blocks.
+pub fn stdin_closed() -> bool {
+    let mut pollfd = libc::pollfd {
+        fd: 0,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, count 1, no wait.
+    let rc = unsafe { libc::poll(&raw mut pollfd, 1, 0) };
+    rc == 1 && pollfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
 impl Read for IdleReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut pollfd = libc::pollfd {

@@ -250,7 +250,10 @@ impl<W: Write> Session<W> {
         let more_parts = |spawn: &mut dyn FnMut(receive::MorePart), given_up: &dyn Fn() -> bool| {
             match listener {
                 _ if more == 0 => Ok(()),
-                Some(listener) => listener.accept(more, idle, spawn, given_up),
+                // Stop waiting for parts once the first failed or the client left.
+                Some(listener) => {
+                    listener.accept(more, idle, spawn, &|| given_up() || idle::stdin_closed())
+                }
                 None => Err(bad_input(format!(
                     "the client sent {parts} parts, but this host takes one"
                 ))),

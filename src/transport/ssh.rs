@@ -265,20 +265,39 @@ fn exec(session: &Session, label: &str, command: &str) -> Result<Channel> {
         step: "opening a channel",
         message: err.to_string(),
     };
-    let mut channel = session.channel_session().map_err(ssh_error)?;
+    let (mut channel, _) = open_channel(session).map_err(ssh_error)?;
     channel.exec(command).map_err(ssh_error)?;
     Ok(channel)
 }
 
+/// Opens a session channel; also returns how long the open that worked took
+/// (one round trip: what decides whether more channels pay). A refusal is
+/// retried for a moment: sshd frees a closed channel's session slot a little
+/// after the close, which a server with `MaxSessions 1` turns into a refusal of
+/// the next channel (agent check, then its upload, then its start).
+fn open_channel(session: &Session) -> std::result::Result<(Channel, Duration), ssh2::Error> {
+    /// libssh2's LIBSSH2_ERROR_CHANNEL_FAILURE: the server refused the channel.
+    const REFUSED: ssh2::ErrorCode = ssh2::ErrorCode::Session(-21);
+    let mut tries = 0;
+    loop {
+        let started = Instant::now();
+        match session.channel_session() {
+            Ok(channel) => return Ok((channel, started.elapsed())),
+            Err(err) if err.code() == REFUSED && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 fn start(session: &Session, label: &str, agent: &str, request: &[u8]) -> Result<AgentConn> {
-    let opened = Instant::now();
-    let mut channel = session.channel_session().map_err(|err| Error::Ssh {
+    let (mut channel, round_trip) = open_channel(session).map_err(|err| Error::Ssh {
         host: label.into(),
         step: "opening a channel",
         message: err.to_string(),
     })?;
-    // Opening a channel is one round trip: what decides whether more channels pay.
-    let round_trip = opened.elapsed();
     channel
         .exec(&agent_command(agent))
         .map_err(|err| Error::Ssh {
@@ -358,7 +377,7 @@ impl Link for SshLink {
             quote(&self.agent),
             quote(socket)
         );
-        let mut channel = self.session.channel_session().map_err(io::Error::other)?;
+        let (mut channel, _) = open_channel(&self.session).map_err(io::Error::other)?;
         channel.exec(&command).map_err(io::Error::other)?;
         Ok(Box::new(SshLink {
             channel,
