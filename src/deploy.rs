@@ -123,7 +123,14 @@ fn ship(
                 (host, early)
             })
             .collect();
-        let staged = stage_batch(hosts, inputs, agent, (&request, pipeline), release, outputs);
+        let shipment = Shipment {
+            server,
+            agent,
+            request: &request,
+            pipeline,
+            release,
+        };
+        let staged = stage_batch(hosts, inputs, &shipment, outputs);
         let staged = match staged {
             Ok(staged) => staged,
             Err(err) => {
@@ -182,14 +189,23 @@ fn ship(
     commit_all(activated, outputs, pipeline)
 }
 
+/// What every host of a deploy is sent, and how.
+struct Shipment<'a> {
+    server: &'a Server,
+    agent: &'a AgentBinary,
+    /// The encoded request (see [`transport::encode_request`]).
+    request: &'a [u8],
+    /// Whether `activate` and `commit` follow the stream at once (one host).
+    pipeline: bool,
+    release: &'a Release,
+}
+
 /// Stages one batch of hosts, `max-parallel` at a time; on any failure the
 /// others discard what they staged.
 fn stage_batch(
     batch: Vec<(&Host, Early<'_>)>,
     inputs: &Deploy,
-    agent: &AgentBinary,
-    (request, pipeline): (&[u8], bool),
-    release: &Release,
+    shipment: &Shipment<'_>,
     outputs: &mut Outputs,
 ) -> Result<Vec<(usize, AgentConn)>> {
     let results = parallel(batch, inputs.max_parallel, |(host, early)| {
@@ -198,14 +214,7 @@ fn stage_batch(
             host: host.to_string(),
             ..HostReport::default()
         };
-        let result = stage(
-            (host, early),
-            &inputs.server,
-            agent,
-            (request, pipeline),
-            release,
-            &mut report,
-        );
+        let result = stage((host, early), shipment, &mut report);
         report.result = match &result {
             Ok(Some(_)) => "staged".into(),
             Ok(None) => "dry run".into(),
@@ -315,17 +324,47 @@ pub fn wait_ready(conn: &mut AgentConn, steps: &mut Vec<String>) -> Result<Event
 
 fn stage(
     (host, early): (&Host, Early<'_>),
-    server: &Server,
-    agent: &AgentBinary,
-    (request, pipeline): (&[u8], bool),
-    release: &Release,
+    shipment: &Shipment<'_>,
     report: &mut HostReport,
 ) -> Result<Option<(AgentConn, u64)>> {
-    let (connection, connect_secs) = match early.map(ScopedJoinHandle::join) {
+    let connect = || timed_connect(host, shipment.server, shipment.agent);
+    let connected = match early.map(ScopedJoinHandle::join) {
         Some(Ok(connected)) => connected?,
         Some(Err(panic)) => std::panic::resume_unwind(panic),
-        None => timed_connect(host, server, agent)?,
+        None => connect()?,
     };
+    match stage_on(host, connected, shipment, report, true) {
+        // A server with `MaxSessions 1` refuses a second channel: the agent has
+        // discarded what it got, so upload again, on one channel this time.
+        Err(Error::Ssh { step, .. }) if step == transport::ANOTHER_CHANNEL => {
+            tracing::warn!(
+                "{host}: the server refused a second SSH channel (`MaxSessions 1`?); uploading again on one"
+            );
+            report
+                .steps
+                .push("the server refused a second SSH channel; uploaded on one".into());
+            stage_on(host, connect()?, shipment, report, false)
+        }
+        other => other,
+    }
+}
+
+/// [`stage`] over one connection, splitting a large upload over several
+/// channels when they pay and `several_channels` allows.
+fn stage_on(
+    host: &Host,
+    (connection, connect_secs): (Connection, f64),
+    shipment: &Shipment<'_>,
+    report: &mut HostReport,
+    several_channels: bool,
+) -> Result<Option<(AgentConn, u64)>> {
+    let Shipment {
+        server,
+        agent,
+        request,
+        pipeline,
+        release,
+    } = *shipment;
     let started = Instant::now();
     let Some(mut conn) = start(host, connection, server, agent, request)? else {
         return Ok(None);
@@ -370,6 +409,7 @@ fn stage(
         other => return Err(conn.unexpected(&other)),
     };
     let started = Instant::now();
+    let join = join.filter(|_| several_channels);
     let compressed = conn.stream(release, send.as_deref(), join.as_ref())?;
     if pipeline {
         conn.send(&Command::Activate)?;

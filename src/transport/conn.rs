@@ -76,6 +76,10 @@ pub trait Link: Read + Write + Send {
     }
 }
 
+/// The step of the error when the server refuses a further upload channel
+/// (`MaxSessions 1`); the deploy then uploads again on one.
+pub const ANOTHER_CHANNEL: &str = "opening another channel for the upload";
+
 /// Uncompressed bytes per part below which another channel does not pay.
 const BYTES_PER_PART: u64 = 8 << 20;
 /// The most channels one upload uses. Four carry 3.4 times what one does at
@@ -317,10 +321,8 @@ impl AgentConn {
                                 .open_part(&join.socket)
                                 .map_err(|err| Error::Ssh {
                                     host: self.host.clone(),
-                                    step: "opening another channel for the upload",
-                                    message: format!(
-                                        "{err} (does sshd allow one session per connection, `MaxSessions 1`? `DROPSHIP_CHANNELS=1` uploads on one channel)"
-                                    ),
+                                    step: ANOTHER_CHANNEL,
+                                    message: err.to_string(),
                                 })?;
                         let header = format!("{}\n", join.token);
                         link.write_all(header.as_bytes())
