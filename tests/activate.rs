@@ -73,13 +73,7 @@ fn blue_green_deploys_and_a_rollback_lose_no_request_under_load() {
             .success();
         switches.push(started.elapsed());
         assert_contains(&out, "nginx sends new requests to port");
-        for line in out
-            .stderr
-            .lines()
-            .filter(|l| l.contains("healthy") || l.contains("drained"))
-        {
-            eprintln!("{line}");
-        }
+        site::print_switch_steps(&out.stderr);
         assert!(site.answer().starts_with(&variant), "{}", site.answer());
     }
     // No run options: the rollback runs the way the last deploy ran (blue-green).

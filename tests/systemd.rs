@@ -114,13 +114,7 @@ fn systemd_blue_green_deploys_and_a_rollback_lose_no_request_under_load() {
             .success();
         switches.push(started.elapsed());
         assert_contains(&out.stderr, "nginx sends new requests to port");
-        for line in out
-            .stderr
-            .lines()
-            .filter(|l| l.contains("healthy") || l.contains("drained"))
-        {
-            eprintln!("{line}");
-        }
+        site::print_switch_steps(&out.stderr);
         assert!(site.answer().starts_with(&variant), "{}", site.answer());
         // Even releases run on the second port, odd ones on the first.
         let (live, idle) = if n % 2 == 0 {

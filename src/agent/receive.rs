@@ -86,7 +86,7 @@ pub fn receive(
     let seen = Mutex::new(HashSet::new());
     let (expected, seen_ref) = (&expected, &seen);
     let first_failed = AtomicBool::new(false);
-    let unpacked: Vec<Result<Unpacked>> = std::thread::scope(|scope| {
+    let (unpacked, arrived) = std::thread::scope(|scope| {
         let first_failed = &first_failed;
         let first = scope.spawn(move || {
             let result = receive_part(first, expected, seen_ref, staging);
@@ -104,12 +104,7 @@ pub fn receive(
         );
         let mut results = vec![join(first)];
         results.extend(others.into_iter().map(join));
-        results.push(arrived.map(|()| Unpacked {
-            files: 0,
-            bytes: 0,
-            links: Vec::new(),
-        }));
-        results
+        (results, arrived)
     });
     let mut received = Received {
         files: 0,
@@ -123,6 +118,8 @@ pub fn receive(
         received.bytes += part.bytes;
         links.extend(part.links);
     }
+    // A part that failed says more than the parts that never came.
+    arrived?;
     let seen = seen
         .into_inner()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

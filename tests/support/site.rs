@@ -6,6 +6,15 @@ use std::path::PathBuf;
 
 use super::runtime::{Behaviour, Nginx, free_port, get, node_app};
 
+/// Prints the health and drain steps of a deploy's log (the figures the
+/// load tests report).
+pub fn print_switch_steps(stderr: &str) {
+    stderr
+        .lines()
+        .filter(|l| l.contains("healthy") || l.contains("drained"))
+        .for_each(|line| eprintln!("{line}"));
+}
+
 /// A remote path with ports and (for blue-green) nginx.
 pub struct Site {
     pub work: tempfile::TempDir,
