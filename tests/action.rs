@@ -7,14 +7,8 @@ use std::process::{Command, Output};
 
 /// Runs `dropship` with no arguments as an Action step with `inputs`.
 fn action(inputs: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dropship"));
-    // Start from a clean slate when the tests themselves run inside Actions.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy().into_owned();
-        if name.starts_with("INPUT_") || name.starts_with("GITHUB_") {
-            command.env_remove(name);
-        }
-    }
+    // A clean slate when the tests themselves run inside Actions.
+    let mut command = crate::test::dropship();
     command.env("GITHUB_ACTIONS", "true");
     for (name, value) in inputs {
         command.env(format!("INPUT_{name}"), value);
@@ -130,13 +124,7 @@ fn a_whole_action_run_over_ssh_reports_everything_and_leaks_nothing() {
     let key = sshd.user_key();
     let build = "printf '%s|%s' \"$GREETING\" \"$DROPSHIP_RELEASE\" > build-saw.txt";
 
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dropship"));
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy().into_owned();
-        if name.starts_with("INPUT_") || name.starts_with("GITHUB_") {
-            command.env_remove(name);
-        }
-    }
+    let mut command = crate::test::dropship();
     command
         .env("GITHUB_ACTIONS", "true")
         .env("GITHUB_OUTPUT", &output)
@@ -310,4 +298,39 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     found
+}
+
+#[test]
+fn test_runs_inside_ci_never_write_to_the_jobs_own_github_files() {
+    let work = tempfile::tempdir().unwrap();
+    let (output, summary) = (work.path().join("output"), work.path().join("summary.md"));
+    // This test binary again, as a CI job runs it: with the job's GITHUB_* and
+    // INPUT_* variables, running a test that deploys through `Test`.
+    let test = "deploy::the_bundled_example_deploys_locally";
+    let inner = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--test-threads=1"])
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_OUTPUT", &output)
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .env("INPUT_HOST", "203.0.113.9")
+        .output()
+        .unwrap();
+    let stdout = text(&inner.stdout);
+    assert_eq!(
+        inner.status.code(),
+        Some(0),
+        "{stdout}{}",
+        text(&inner.stderr)
+    );
+    assert!(stdout.contains("test result: ok. 1 passed"), "{stdout}");
+    assert!(
+        !output.exists(),
+        "the run appended to GITHUB_OUTPUT:\n{}",
+        std::fs::read_to_string(&output).unwrap_or_default()
+    );
+    assert!(
+        !summary.exists(),
+        "the run appended to GITHUB_STEP_SUMMARY:\n{}",
+        std::fs::read_to_string(&summary).unwrap_or_default()
+    );
 }

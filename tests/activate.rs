@@ -276,7 +276,7 @@ fn a_missing_node_fails_before_anything_changes_and_says_where_it_looked() {
         .map(|p| format!("mount --bind /dev/null {p}"))
         .collect();
     let script = format!("{} && exec \"$0\" \"$@\"", nodes.join(" && "));
-    let out = std::process::Command::new("unshare")
+    let out = crate::test::scrubbed("unshare")
         .args([
             "-m",
             "sh",

@@ -213,7 +213,7 @@ fn a_well_formed_stream_is_accepted() {
 #[test]
 fn a_stray_connection_to_the_part_socket_is_ignored() {
     use std::io::{BufRead, BufReader, Read};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("root");
     let entries = json!([file("a.txt", b"part one"), file("b.txt", b"part two")]);
@@ -228,7 +228,7 @@ fn a_stray_connection_to_the_part_socket_is_ignored() {
         "server_dir": ".",
         "run": crate::test::run_none(),
     });
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_dropship"))
+    let mut agent = crate::test::dropship()
         .arg("agent")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -257,7 +257,7 @@ fn a_stray_connection_to_the_part_socket_is_ignored() {
         compress(tar)
     };
     stdin.write_all(&part("a.txt", b"part one")).unwrap();
-    let mut relay = Command::new(env!("CARGO_BIN_EXE_dropship"))
+    let mut relay = crate::test::dropship()
         .args(["agent-part", "--socket", &socket])
         .stdin(Stdio::piped())
         .spawn()

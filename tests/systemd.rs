@@ -332,7 +332,7 @@ fn without_xdg_runtime_dir_the_agent_finds_the_manager_at_run_user_uid() {
     let script = format!(
         "mount -t tmpfs tmpfs /run/user && mkdir /run/user/{uid} && mount --bind \"$1\" /run/user/{uid} && shift && exec \"$0\" \"$@\""
     );
-    let out = std::process::Command::new("unshare")
+    let out = crate::test::scrubbed("unshare")
         .args(["-m", "sh", "-c", &script, env!("CARGO_BIN_EXE_dropship")])
         .arg(manager.runtime_dir())
         .args(["deploy", "--host", "local", "--process-manager", "systemd"])

@@ -79,12 +79,10 @@ impl Test {
     }
 
     pub fn spawn(self) -> std::process::Child {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_dropship"));
+        let mut command = dropship();
         command
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env_remove("GITHUB_ACTIONS")
-            .env_remove("GITHUB_SHA")
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -104,8 +102,9 @@ impl Test {
 
     /// Starts with stdin, stdout and stderr all piped, for tests that talk to the process.
     pub fn spawn_piped(self) -> std::process::Child {
-        Command::new(env!("CARGO_BIN_EXE_dropship"))
+        dropship()
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -137,6 +136,26 @@ impl Test {
         );
         output
     }
+}
+
+/// The `dropship` binary under test, see [`scrubbed`].
+pub fn dropship() -> Command {
+    scrubbed(env!("CARGO_BIN_EXE_dropship"))
+}
+
+/// A command for `program` (dropship, or a wrapper that runs it) without this
+/// process's `GITHUB_*` and `INPUT_*` variables: tests run inside a CI job must
+/// not append to the job's own `GITHUB_OUTPUT` and `GITHUB_STEP_SUMMARY`, nor
+/// turn into an Action run. A test that needs one sets it on the command.
+pub fn scrubbed(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("GITHUB_") || text.starts_with("INPUT_") {
+            command.env_remove(&name);
+        }
+    }
+    command
 }
 
 /// Connection flags for the test sshd and a remote path.
