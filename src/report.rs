@@ -173,13 +173,25 @@ impl Outputs {
             }
         }
         if let Some(error) = error {
-            let _ = writeln!(md, "\n**What failed:**\n\n```\n{error}\n```");
+            let _ = writeln!(
+                md,
+                "\n**What failed:**\n\n{}",
+                code_block(&error.to_string())
+            );
             if let Some(hint) = error.hint() {
                 let _ = writeln!(md, "\n**What to do:** {hint}");
             }
         }
         md
     }
+}
+
+/// `text` in a Markdown code block whose fence is longer than any run of
+/// backticks inside (server log lines can hold one), so nothing escapes it.
+fn code_block(text: &str) -> String {
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest.max(2) + 1);
+    format!("{fence}\n{text}\n{fence}")
 }
 
 /// Bytes as megabytes with one decimal, for people.
@@ -206,4 +218,22 @@ pub fn init_logging() {
         .with_target(false)
         .with_level(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_block_outfences_every_backtick_run_inside() {
+        assert_eq!(code_block("plain"), "```\nplain\n```");
+        assert_eq!(
+            code_block("log: ```\n## not a heading"),
+            "````\nlog: ```\n## not a heading\n````"
+        );
+        assert_eq!(
+            code_block("a `` b ````` c"),
+            "``````\na `` b ````` c\n``````"
+        );
+    }
 }

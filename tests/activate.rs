@@ -305,3 +305,29 @@ fn a_missing_node_fails_before_anything_changes_and_says_where_it_looked() {
     assert_eq!(site.live(), "releases/r1");
     assert!(!site.remote.join("releases/r2").exists());
 }
+
+#[test]
+fn app_log_lines_stay_inside_the_summary_code_block() {
+    let site = Site::new(false);
+    let app = site.app("fence", Behaviour::Crashes);
+    fs::write(
+        app.join(".next/standalone/server.js"),
+        "console.error('```\\n## injected heading');\nprocess.exit(1);\n",
+    )
+    .unwrap();
+    let summary = site.work.path().join("summary.md");
+    site.deploy(&app, "r1")
+        .env("GITHUB_STEP_SUMMARY", summary.to_str().unwrap())
+        .status(1);
+    let text = fs::read_to_string(&summary).unwrap();
+    let block = text
+        .split_once("**What failed:**\n\n")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no failure block:\n{text}"));
+    assert!(block.starts_with("````\n"), "{text}");
+    let inside = &block[5..block[5..].find("\n````\n").map_or(0, |end| end + 5)];
+    assert!(
+        inside.contains("```\n## injected heading"),
+        "the log line is not inside the block:\n{text}"
+    );
+}
