@@ -6,7 +6,7 @@
 use std::thread::ScopedJoinHandle;
 use std::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitStatus, Result};
 use crate::github;
 use crate::inputs::{Deploy, Server};
 use crate::package::{self, Release};
@@ -133,10 +133,7 @@ fn ship(
         let staged = stage_batch(hosts, inputs, &shipment, outputs);
         let staged = match staged {
             Ok(staged) => staged,
-            Err(err) => {
-                revert_all(activated, outputs);
-                return Err(err);
-            }
+            Err(err) => return Err(put_back(activated, outputs, err)),
         };
         if server.dry_run {
             continue;
@@ -182,8 +179,7 @@ fn ship(
         if let Some((index, err, conn)) = failure {
             outputs.per_host[index].result = "failed".into();
             abort(vec![conn]);
-            revert_all(activated, outputs);
-            return Err(err);
+            return Err(put_back(activated, outputs, err));
         }
     }
     commit_all(activated, outputs, pipeline)
@@ -463,6 +459,19 @@ fn commit_all(
         finish(conn)?;
     }
     Ok(())
+}
+
+/// Puts every activated host back after `err`, which it returns. When a host
+/// had switched, the deploy touched servers: a bad-input failure (exit 2,
+/// "nothing was touched") becomes a failed deploy (exit 1).
+fn put_back(activated: Vec<(usize, AgentConn)>, outputs: &mut Outputs, err: Error) -> Error {
+    let touched = !activated.is_empty();
+    revert_all(activated, outputs);
+    if touched && err.exit_status() == ExitStatus::BadInput {
+        Error::PutBack(Box::new(err))
+    } else {
+        err
+    }
 }
 
 /// Puts every activated host back on what it served before.

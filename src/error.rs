@@ -107,6 +107,11 @@ pub enum Error {
     /// `doctor` found things to fix.
     #[error("doctor found {problems} thing(s) to fix (see above)")]
     Doctor { problems: usize },
+    /// A host failed after others had switched, and those were put back: the
+    /// deploy failed (exit 1), whatever the cause's own status ("nothing was
+    /// touched" no longer holds).
+    #[error(transparent)]
+    PutBack(Box<Error>),
     /// A local failure inside the agent (the agent reports these to the client).
     #[error("{}", .0.message)]
     Agent(Failure),
@@ -157,7 +162,8 @@ impl Error {
             | Error::Connect { .. }
             | Error::Ssh { .. }
             | Error::AgentDied { .. }
-            | Error::Doctor { .. } => ExitStatus::Failed,
+            | Error::Doctor { .. }
+            | Error::PutBack(_) => ExitStatus::Failed,
         }
     }
 
@@ -185,6 +191,7 @@ impl Error {
                 "check that the public half of this key is in ~{user}/.ssh/authorized_keys on the server, that `user` is right, and that the secret holds the whole private key (with its BEGIN/END lines)"
             ),
             Error::Remote { failure, .. } | Error::Agent(failure) => failure.hint.clone()?,
+            Error::PutBack(cause) => cause.hint()?,
             Error::Local { .. } | Error::AgentDied { .. } | Error::Doctor { .. } => return None,
         })
     }
