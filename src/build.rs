@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 
 /// Runs `command` with `sh -c` in `working_directory`, with the env map and
 /// `DROPSHIP_RELEASE` in its environment (that is how `NEXT_PUBLIC_*` values get
-/// inlined at build time). Its output goes to stderr so that `--json` output on
+/// inlined at build time), and without dropship's secrets (see `child_env`). Its output goes to stderr so that `--json` output on
 /// stdout stays clean.
 pub fn run(
     command: &str,
@@ -17,7 +17,7 @@ pub fn run(
     release: &str,
 ) -> Result<()> {
     tracing::info!("build: {command}");
-    let status = Command::new("sh")
+    let status = crate::child_env::for_build(&mut Command::new("sh"))
         .arg("-c")
         .arg(command)
         .current_dir(working_directory)

@@ -9,6 +9,7 @@
 mod action;
 mod agent;
 mod build;
+mod child_env;
 mod cli;
 mod commands;
 mod deploy;

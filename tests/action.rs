@@ -300,6 +300,122 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// Secret values set in the tests of what child processes inherit.
+const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nk3y-BODY-not-for-npm\n-----END OPENSSH PRIVATE KEY-----\n";
+const PASSPHRASE: &str = "pa55-PHRASE-not-for-npm";
+const TOKEN: &str = "ghs_INPUT-TOKEN-not-for-npm";
+
+/// Fails when the environment dump `env` holds a secret or a raw input.
+#[track_caller]
+fn assert_clean_env(what: &str, env: &str) {
+    for secret in ["k3y-BODY-not-for-npm", PASSPHRASE, TOKEN] {
+        assert!(!env.contains(secret), "{what} saw `{secret}`:\n{env}");
+    }
+    for name in ["INPUT_", "DROPSHIP_KEY"] {
+        assert!(!env.contains(name), "{what} saw `{name}…`:\n{env}");
+    }
+}
+
+#[test]
+fn the_build_sees_the_env_map_but_no_key_passphrase_token_or_raw_input() {
+    use crate::support::runtime::{Behaviour, node_app};
+    let work = tempfile::tempdir().unwrap();
+    let app = node_app(work.path(), "v1", Behaviour::Healthy);
+    let remote = work.path().join("site");
+    let mut command = crate::test::dropship();
+    command
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_TOKEN", "ghs_workflow_own_token")
+        .env("INPUT_HOST", "local")
+        .env("INPUT_REMOTE-PATH", &remote)
+        .env("INPUT_WORKING-DIRECTORY", &app)
+        .env("INPUT_PROCESS-MANAGER", "none")
+        .env("INPUT_RELEASE", "r1")
+        .env("INPUT_BUILD", "env > build-env.txt")
+        .env("INPUT_ENV", "GREETING=hello-from-env\n")
+        .env("INPUT_KEY", KEY)
+        .env("INPUT_KEY-PASSPHRASE", PASSPHRASE)
+        .env("INPUT_GITHUB-TOKEN", TOKEN);
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let env = std::fs::read_to_string(app.join("build-env.txt")).unwrap();
+    assert_clean_env("the build", &env);
+    for wanted in [
+        "GREETING=hello-from-env\n",
+        "DROPSHIP_RELEASE=r1\n",
+        "GITHUB_TOKEN=ghs_workflow_own_token\n",
+        "PATH=",
+    ] {
+        assert!(env.contains(wanted), "the build lacks `{wanted}`:\n{env}");
+    }
+
+    // The CLI face: the key and passphrase in their variables.
+    std::fs::remove_file(app.join("build-env.txt")).unwrap();
+    crate::test::Test::new()
+        .args(["deploy", "--host", "local", "--process-manager", "none"])
+        .args(["--release", "r2", "--build", "env > build-env.txt"])
+        .arg("--working-directory")
+        .arg(&app)
+        .arg("--remote-path")
+        .arg(&remote)
+        .env("DROPSHIP_KEY", KEY)
+        .env("DROPSHIP_KEY_PASSPHRASE", PASSPHRASE)
+        .env("DROPSHIP_ENV", &format!("SECRET_IN_ENV={TOKEN}\n"))
+        .success();
+    let env = std::fs::read_to_string(app.join("build-env.txt")).unwrap();
+    assert!(env.contains(&format!("SECRET_IN_ENV={TOKEN}\n")), "{env}");
+    let raw = env.replace(&format!("SECRET_IN_ENV={TOKEN}\n"), "");
+    assert_clean_env("the CLI's build", &raw);
+    assert!(!raw.contains("DROPSHIP_ENV"), "{env}");
+}
+
+#[test]
+fn a_local_deploy_leaves_no_secret_in_pm2s_dump_or_process_env() {
+    use crate::support::runtime::{Behaviour, Pm2Home, free_port, node_app};
+    let pm2 = Pm2Home::new();
+    let work = tempfile::tempdir().unwrap();
+    let app = node_app(work.path(), "v1", Behaviour::Healthy);
+    let remote = work.path().join("site");
+    crate::test::Test::new()
+        .args(["deploy", "--host", "local", "--release", "r1"])
+        .args(["--app-port", &free_port().to_string()])
+        .arg("--working-directory")
+        .arg(&app)
+        .arg("--remote-path")
+        .arg(&remote)
+        .env("PM2_HOME", &pm2.path_str())
+        .env("DROPSHIP_KEY", KEY)
+        .env("DROPSHIP_KEY_PASSPHRASE", PASSPHRASE)
+        .env("INPUT_GITHUB-TOKEN", TOKEN)
+        .env("GITHUB_TOKEN", TOKEN)
+        .success();
+    let dump = std::fs::read_to_string(pm2.path().join("dump.pm2")).unwrap();
+    assert!(dump.contains("\"name\""), "{dump}");
+    assert_clean_env("dump.pm2", &dump);
+    assert!(!dump.contains("GITHUB_TOKEN"), "{dump}");
+    let list = Command::new("pm2")
+        .arg("jlist")
+        .env("PM2_HOME", pm2.path())
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let daemon = std::fs::read_to_string(pm2.path().join("pm2.pid")).unwrap();
+    let mut pids = vec![daemon.trim().to_owned()];
+    pids.extend(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].to_string()),
+    );
+    assert_eq!(pids.len(), 2, "{list}");
+    for pid in pids {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let environ = String::from_utf8_lossy(&environ).replace('\0', "\n");
+        assert_clean_env(&format!("process {pid}"), &environ);
+        assert!(!environ.contains("GITHUB_TOKEN"), "{environ}");
+    }
+}
+
 #[test]
 fn test_runs_inside_ci_never_write_to_the_jobs_own_github_files() {
     let work = tempfile::tempdir().unwrap();

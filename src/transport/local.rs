@@ -21,10 +21,11 @@ pub fn open(request: &[u8]) -> Result<AgentConn> {
     AgentConn::start("local", Box::new(link), request)
 }
 
-/// Runs this binary with `args`, its stdin, stdout and stderr piped.
+/// Runs this binary with `args`, its stdin, stdout and stderr piped, in an
+/// environment without the client's secrets and CI credentials.
 fn spawn(args: &[&str]) -> std::result::Result<LocalLink, (std::path::PathBuf, io::Error)> {
     let exe = std::env::current_exe().map_err(|err| ("dropship".into(), err))?;
-    let mut child = Command::new(&exe)
+    let mut child = crate::child_env::for_agent(&mut Command::new(&exe))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
