@@ -78,6 +78,9 @@ pub enum Error {
         expected: String,
         actual: String,
     },
+    /// The host presented a key that `known-hosts` lists as `@revoked`.
+    #[error("host key {fingerprint} of {host} is revoked in `known-hosts`")]
+    HostKeyRevoked { host: String, fingerprint: String },
     /// The private key could not be loaded.
     #[error("cannot use the private key: {problem}")]
     Key { problem: String, hint: String },
@@ -154,6 +157,7 @@ impl Error {
             | Error::EscapingSymlink { .. }
             | Error::UnpinnedHostKey { .. }
             | Error::HostKeyMismatch { .. }
+            | Error::HostKeyRevoked { .. }
             | Error::Key { .. }
             | Error::KeyRejected { .. } => ExitStatus::BadInput,
             Error::Remote { failure, .. } | Error::Agent(failure) => failure.kind.exit_status(),
@@ -187,6 +191,7 @@ impl Error {
                 "if this is your server, pin its key: set `host-fingerprint` to {fingerprint}\n      or add this line to `known-hosts`:\n      {known_hosts_line}\n      (compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server)"
             ),
             Error::HostKeyMismatch { .. } => "do not deploy until you know why the key changed: if the server was rebuilt, pin its new key; otherwise someone may be intercepting the connection".into(),
+            Error::HostKeyRevoked { .. } => "do not deploy to this server until it has a new host key (whoever holds the revoked one can pose as the server); then pin the new key and keep the @revoked line".into(),
             Error::KeyRejected { user, .. } => format!(
                 "check that the public half of this key is in ~{user}/.ssh/authorized_keys on the server, that `user` is right, and that the secret holds the whole private key (with its BEGIN/END lines)"
             ),

@@ -1,7 +1,8 @@
 //! Host-key pinning and key authentication against the real sshd. Every refused
 //! connection must leave the server untouched.
 
-use crate::support::{fixture, sshd::KeyKind, sshd::Sshd};
+use crate::support::fixture;
+use crate::support::sshd::{HostKey, KeyKind, Sshd};
 use crate::test::Test;
 
 fn deploy_args(sshd: &Sshd, app: &std::path::Path, remote: &std::path::Path) -> Test {
@@ -194,4 +195,114 @@ fn connection_refused_names_the_host() {
         out.stderr
     );
     assert!(out.stderr.contains("hint:"), "{}", out.stderr);
+}
+
+/// What `ssh-keyscan -t <kind>` prints for the test sshd (the usual way to pin a server).
+fn keyscan(sshd: &Sshd, kind: &str) -> String {
+    let out = std::process::Command::new("ssh-keyscan")
+        .args(["-t", kind, "-p", &sshd.port().to_string(), "127.0.0.1"])
+        .output()
+        .expect("run ssh-keyscan");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(kind),
+        "ssh-keyscan -t {kind} printed {text:?}"
+    );
+    text
+}
+
+#[test]
+fn a_server_with_several_host_keys_is_accepted_by_whichever_one_is_pinned() {
+    let sshd = Sshd::start_with_host_keys();
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let remote = work.path().join("app");
+    let pins = [
+        ("ecdsa line", sshd.known_hosts_line_of(HostKey::Ecdsa)),
+        ("rsa line", sshd.known_hosts_line_of(HostKey::Rsa)),
+        (
+            "ssh-keyscan -t ecdsa",
+            keyscan(&sshd, "ecdsa-sha2-nistp256"),
+        ),
+    ];
+    for (n, (what, known_hosts)) in pins.iter().enumerate() {
+        let out = deploy_args(&sshd, &app, &remote.join(format!("p{n}")))
+            .arg("--key-file")
+            .arg(sshd.user_key_path())
+            .args(["--known-hosts", known_hosts])
+            .run();
+        assert_eq!(out.code, 0, "pinned by the {what}:\n{}", out.stderr);
+    }
+}
+
+#[test]
+fn a_revoked_host_key_is_refused_even_when_also_pinned() {
+    let sshd = Sshd::start_with_host_keys();
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let remote = work.path().join("app");
+    let ed25519 = sshd.known_hosts_line_of(HostKey::Ed25519);
+    let key = ed25519.split_once(' ').unwrap().1;
+    let out = deploy_args(&sshd, &app, &remote)
+        .arg("--key-file")
+        .arg(sshd.user_key_path())
+        .args(["--known-hosts", &format!("@revoked * {key}\n{ed25519}")])
+        .status(2);
+    assert!(
+        out.stderr.contains(&format!(
+            "error: host key {} of {} is revoked in `known-hosts`",
+            sshd.host_fingerprint(),
+            sshd.host_spec()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("hint: do not deploy to this server until it has a new host key"),
+        "{}",
+        out.stderr
+    );
+    assert!(!remote.exists());
+    // Another, unrevoked key of the same server still pins it.
+    let ecdsa = sshd.known_hosts_line_of(HostKey::Ecdsa);
+    deploy_args(&sshd, &app, &remote)
+        .arg("--key-file")
+        .arg(sshd.user_key_path())
+        .args(["--known-hosts", &format!("@revoked * {key}\n{ecdsa}")])
+        .success();
+}
+
+#[test]
+fn a_fingerprint_of_any_host_key_type_pins_the_server() {
+    let sshd = Sshd::start_with_host_keys();
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let remote = work.path().join("app");
+    for (n, kind) in [HostKey::Ecdsa, HostKey::Rsa].into_iter().enumerate() {
+        deploy_args(&sshd, &app, &remote.join(format!("f{n}")))
+            .arg("--key-file")
+            .arg(sshd.user_key_path())
+            .args(["--host-fingerprint", &sshd.host_fingerprint_of(kind)])
+            .success();
+    }
+    // A wrong one names every key the server offers, with its type.
+    let wrong = format!("SHA256:{}", "A".repeat(43));
+    let out = deploy_args(&sshd, &app, &remote.join("f9"))
+        .arg("--key-file")
+        .arg(sshd.user_key_path())
+        .args(["--host-fingerprint", &wrong])
+        .status(2);
+    assert!(
+        out.stderr.contains(&format!(
+            "error: host key of {} does not match the pinned key: expected {wrong}, the server presented {} (ssh-ed25519), {} (ecdsa-sha2-nistp256), {} (ssh-rsa)",
+            sshd.host_spec(),
+            sshd.host_fingerprint_of(HostKey::Ed25519),
+            sshd.host_fingerprint_of(HostKey::Ecdsa),
+            sshd.host_fingerprint_of(HostKey::Rsa),
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!remote.join("f9").exists());
 }

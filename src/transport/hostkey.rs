@@ -49,8 +49,87 @@ impl Pinning {
         self.known_hosts.trim().is_empty() && self.fingerprints.is_empty()
     }
 
-    /// Checks the key `session` received from `host:port`. Call after the handshake, before authenticating.
-    pub fn verify(&self, session: &Session, label: &str, host: &str, port: u16) -> Result<()> {
+    /// The `host-fingerprint` pins that apply to `host`.
+    fn fingerprints_for(&self, host: &str) -> Vec<&str> {
+        self.fingerprints
+            .iter()
+            .filter(|(h, _)| h.as_deref().is_none_or(|h| h == host))
+            .map(|(_, fp)| fp.as_str())
+            .collect()
+    }
+
+    /// Opens a session to `host:port` with `open` (connect and handshake, given
+    /// the host key algorithms to offer, best first) and checks the key it got.
+    ///
+    /// As OpenSSH does, the key types that `known-hosts` pins for the host are
+    /// offered first, so a server with several host keys presents the pinned
+    /// one. A `host-fingerprint` does not say its key type: when the key the
+    /// server prefers does not match, each other type is asked for on a new
+    /// connection, and a failure names every key the server offers.
+    pub fn handshake(
+        &self,
+        label: &str,
+        (host, port): (&str, u16),
+        open: impl Fn(&str) -> Result<Session>,
+    ) -> Result<Session> {
+        let known = KnownHosts::read(&self.known_hosts, label)?;
+        let pinned = known.pinning(host, port, label)?;
+        let types: Vec<&str> = pinned.iter().map(|line| line.key_type.as_str()).collect();
+        let session = open(&preference(&types))?;
+        let target = Target { label, host, port };
+        match self.verify(&session, &known, &pinned, &target) {
+            Err(Error::HostKeyMismatch { .. }) if !self.fingerprints_for(host).is_empty() => {
+                self.other_types(session, &known, &pinned, &target, open)
+            }
+            result => result.map(|()| session),
+        }
+    }
+
+    /// Asks the server for each key type but the one `first` got, until one
+    /// matches a `host-fingerprint`.
+    fn other_types(
+        &self,
+        first: Session,
+        known: &KnownHosts,
+        pinned: &[&Line],
+        target: &Target<'_>,
+        open: impl Fn(&str) -> Result<Session>,
+    ) -> Result<Session> {
+        let mut presented = vec![presented_key(&first, target.label)?];
+        for (key_type, methods) in FAMILIES {
+            if presented.iter().any(|(t, _)| *t == key_type) {
+                continue;
+            }
+            // A server without a key of this type ends the handshake.
+            let Ok(session) = open(methods) else { continue };
+            match self.verify(&session, known, pinned, target) {
+                Ok(()) => return Ok(session),
+                Err(Error::HostKeyMismatch { .. }) => {
+                    presented.push(presented_key(&session, target.label)?);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(Error::HostKeyMismatch {
+            host: target.label.into(),
+            expected: self.fingerprints_for(target.host).join(" or "),
+            actual: presented
+                .iter()
+                .map(|(key_type, fp)| format!("{fp} ({key_type})"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    /// Checks the key `session` received. Call after the handshake, before authenticating.
+    fn verify(
+        &self,
+        session: &Session,
+        known: &KnownHosts,
+        pinned: &[&Line],
+        target: &Target<'_>,
+    ) -> Result<()> {
+        let Target { label, host, port } = *target;
         let Some((key, key_type)) = session.host_key() else {
             return Err(Error::Ssh {
                 host: label.into(),
@@ -59,6 +138,12 @@ impl Pinning {
             });
         };
         let actual = fingerprint(key);
+        if known.revoked.iter().any(|revoked| revoked == key) {
+            return Err(Error::HostKeyRevoked {
+                host: label.into(),
+                fingerprint: actual,
+            });
+        }
         if self.insecure {
             tracing::warn!(
                 "WARNING: {label}: host key NOT checked (insecure-skip-host-key-check); it is {actual}. Pin it instead."
@@ -78,91 +163,157 @@ impl Pinning {
         if self.is_empty() {
             return Err(unpinned());
         }
-        let pins: Vec<&str> = self
-            .fingerprints
-            .iter()
-            .filter(|(h, _)| h.as_deref().is_none_or(|h| h == host))
-            .map(|(_, fp)| fp.as_str())
-            .collect();
+        let pins = self.fingerprints_for(host);
         if pins
             .iter()
             .any(|fp| constant_time_eq(fp.as_bytes(), actual.as_bytes()))
+            || pinned.iter().any(|line| line.key == key)
         {
             return Ok(());
         }
-        match self.check_known_hosts(session, host, port, key, label)? {
-            CheckResult::Match => Ok(()),
-            CheckResult::Mismatch => Err(Error::HostKeyMismatch {
-                host: label.into(),
-                expected: self.pinned_fingerprints(host, port).join(" or "),
-                actual,
-            }),
-            CheckResult::NotFound | CheckResult::Failure if !pins.is_empty() => {
-                Err(Error::HostKeyMismatch {
-                    host: label.into(),
-                    expected: pins.join(" or "),
-                    actual,
-                })
-            }
-            CheckResult::NotFound | CheckResult::Failure => Err(unpinned()),
-        }
-    }
-
-    /// Fingerprints of the `known-hosts` keys that may be meant for `host:port`
-    /// (named lines that list it, and hashed lines, whose names cannot be read).
-    fn pinned_fingerprints(&self, host: &str, port: u16) -> Vec<String> {
-        let names = [host.to_owned(), format!("[{host}]:{port}")];
-        let found: Vec<String> = self
-            .known_hosts
-            .lines()
-            .filter_map(|line| {
-                let mut fields = line.split_whitespace();
-                let hosts = fields.next()?;
-                let key = fields.nth(1)?;
-                let meant = hosts.starts_with("|1|")
-                    || hosts.split(',').any(|h| names.iter().any(|n| n == h));
-                let blob = base64::Engine::decode(&STANDARD, key).ok()?;
-                meant.then(|| fingerprint(&blob))
-            })
-            .collect();
-        if found.is_empty() {
-            vec!["the key in `known-hosts`".into()]
+        let expected: Vec<String> = if pinned.is_empty() {
+            pins.iter().map(|fp| (*fp).to_owned()).collect()
         } else {
-            found
+            pinned.iter().map(|line| fingerprint(&line.key)).collect()
+        };
+        if expected.is_empty() {
+            Err(unpinned())
+        } else {
+            Err(Error::HostKeyMismatch {
+                host: label.into(),
+                expected: expected.join(" or "),
+                actual,
+            })
         }
     }
+}
 
-    fn check_known_hosts(
-        &self,
-        session: &Session,
-        host: &str,
-        port: u16,
-        key: &[u8],
-        label: &str,
-    ) -> Result<CheckResult> {
-        if self.known_hosts.trim().is_empty() {
-            return Ok(CheckResult::NotFound);
-        }
-        let ssh_error = |err: ssh2::Error| Error::Ssh {
+/// The host a key is checked for: its label in messages, name and port.
+struct Target<'a> {
+    label: &'a str,
+    host: &'a str,
+    port: u16,
+}
+
+/// The type and fingerprint of the key `session` received.
+fn presented_key(session: &Session, label: &str) -> Result<(&'static str, String)> {
+    match session.host_key() {
+        Some((key, key_type)) => Ok((type_name(key_type), fingerprint(key))),
+        None => Err(Error::Ssh {
             host: label.into(),
-            step: "checking known-hosts",
-            message: err.to_string(),
+            step: "reading the host key",
+            message: "the server sent no host key".into(),
+        }),
+    }
+}
+
+/// Host key types as known_hosts names them, with the handshake algorithms
+/// that ask for each, in the order offered when nothing is pinned.
+/// (Certificates are not offered: known_hosts pins keys, not CAs.)
+const FAMILIES: [(&str, &str); 5] = [
+    ("ssh-ed25519", "ssh-ed25519"),
+    ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"),
+    ("ecdsa-sha2-nistp384", "ecdsa-sha2-nistp384"),
+    ("ecdsa-sha2-nistp521", "ecdsa-sha2-nistp521"),
+    ("ssh-rsa", "rsa-sha2-512,rsa-sha2-256,ssh-rsa"),
+];
+
+/// The host key algorithms to offer: those of the `pinned` key types first.
+fn preference(pinned: &[&str]) -> String {
+    let (first, rest): (Vec<_>, Vec<_>) = FAMILIES
+        .iter()
+        .partition(|(key_type, _)| pinned.contains(key_type));
+    first
+        .iter()
+        .chain(&rest)
+        .map(|(_, methods)| *methods)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One key line of `known-hosts` (marker taken off).
+struct Line {
+    /// The line as libssh2 reads it: `hosts key-type base64`.
+    text: String,
+    key_type: String,
+    key: Vec<u8>,
+}
+
+/// `known-hosts`, read: the lines that pin keys, and the keys `@revoked`.
+struct KnownHosts {
+    lines: Vec<Line>,
+    revoked: Vec<Vec<u8>>,
+}
+
+impl KnownHosts {
+    fn read(text: &str, label: &str) -> Result<KnownHosts> {
+        let mut known = KnownHosts {
+            lines: Vec::new(),
+            revoked: Vec::new(),
         };
-        let mut known = session.known_hosts().map_err(ssh_error)?;
-        for (number, line) in self.known_hosts.lines().enumerate() {
+        for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            known.read_str(line, KnownHostFileKind::OpenSSH).map_err(|_| {
+            let bad = || {
                 Error::input(
                     "known-hosts",
                     format!("line {} is not a known_hosts line", number + 1),
                     "use lines as `ssh-keyscan -t ed25519 HOST` prints them: `host key-type base64-key`",
                 )
-            })?;
+            };
+            let (marker, rest) = match line.strip_prefix('@') {
+                Some(marked) => marked.split_once(char::is_whitespace).ok_or_else(bad)?,
+                None => ("", line),
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let (hosts, key_type, key) = match fields[..] {
+                [hosts, key_type, key, ..] => (hosts, key_type, key),
+                _ => return Err(bad()),
+            };
+            let key = STANDARD.decode(key).map_err(|_| bad())?;
+            match marker {
+                "" => known.lines.push(Line {
+                    text: format!("{hosts} {key_type} {}", STANDARD.encode(&key)),
+                    key_type: key_type.into(),
+                    key,
+                }),
+                "revoked" => known.revoked.push(key),
+                "cert-authority" => tracing::warn!(
+                    "{label}: `known-hosts` line {} is a @cert-authority line: dropship pins host keys, not certificates, and ignores it",
+                    number + 1
+                ),
+                _ => return Err(bad()),
+            }
         }
-        Ok(known.check_port(host, port, key))
+        Ok(known)
+    }
+
+    /// The lines that name `host:port` (libssh2 decides, hashed names included).
+    fn pinning(&self, host: &str, port: u16, label: &str) -> Result<Vec<&Line>> {
+        let ssh_error = |err: ssh2::Error| Error::Ssh {
+            host: label.into(),
+            step: "checking known-hosts",
+            message: err.to_string(),
+        };
+        let session = Session::new().map_err(ssh_error)?;
+        let mut found = Vec::new();
+        for line in &self.lines {
+            let mut one = session.known_hosts().map_err(ssh_error)?;
+            one.read_str(&line.text, KnownHostFileKind::OpenSSH)
+                .map_err(|_| {
+                    Error::input(
+                        "known-hosts",
+                        format!("`{}…` is not a known_hosts line libssh2 can read", line.text.chars().take(40).collect::<String>()),
+                        "use lines as `ssh-keyscan -t ed25519 HOST` prints them: `host key-type base64-key`",
+                    )
+                })?;
+            if matches!(one.check_port(host, port, &line.key), CheckResult::Match) {
+                found.push(line);
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -192,5 +343,41 @@ mod tests {
         let parsed = Pinning::parse_fingerprints(&format!("{fp}\nweb2={fp}")).unwrap();
         assert_eq!(parsed, vec![(None, fp.clone()), (Some("web2".into()), fp)]);
         assert!(Pinning::parse_fingerprints("MD5:aa").is_err());
+    }
+}
+
+#[cfg(test)]
+mod preference_tests {
+    use super::*;
+
+    #[test]
+    fn pinned_key_types_are_offered_first_in_the_usual_order() {
+        let all = "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256,ssh-rsa";
+        assert_eq!(preference(&[]), all);
+        assert_eq!(
+            preference(&["ssh-rsa", "ecdsa-sha2-nistp256"]),
+            "ecdsa-sha2-nistp256,rsa-sha2-512,rsa-sha2-256,ssh-rsa,ssh-ed25519,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521"
+        );
+    }
+
+    #[test]
+    fn markers_revoke_or_are_ignored() {
+        let key = STANDARD.encode(b"key-one");
+        let known = KnownHosts::read(
+            &format!("# comment\n@revoked * ssh-ed25519 {key}\n@cert-authority *.example ssh-rsa {key}\nweb ssh-ed25519 {key} comment\n"),
+            "web",
+        )
+        .unwrap();
+        assert_eq!(known.revoked, vec![b"key-one".to_vec()]);
+        assert_eq!(known.lines.len(), 1);
+        assert_eq!(known.lines[0].text, format!("web ssh-ed25519 {key}"));
+        for bad in [
+            "@revoked",
+            "@other * ssh-rsa AAAA",
+            "web ssh-rsa",
+            "web ssh-rsa !!",
+        ] {
+            assert!(KnownHosts::read(bad, "web").is_err(), "{bad}");
+        }
     }
 }

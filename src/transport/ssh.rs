@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
-use ssh2::{Channel, Session};
+use ssh2::{Channel, MethodType, Session};
 
 use super::conn::{AGENT_MISSING, AgentConn, Link};
 use super::{Credentials, Host, Opened};
@@ -113,14 +113,17 @@ pub fn connect(
     .to_string();
     let (session, loaded) = std::thread::scope(|scope| {
         let loaded = scope.spawn(|| agent.get().map(drop));
-        let session = open_session(&label, name, port);
+        let session = credentials
+            .pinning
+            .handshake(&label, (name, port), |host_keys| {
+                open_session(&label, name, port, host_keys)
+            });
         (session, loaded.join())
     });
     let session = session?;
     if let Ok(result) = loaded {
         result?;
     }
-    credentials.pinning.verify(&session, &label, name, port)?;
     authenticate(&session, &label, user, credentials)?;
     session.set_timeout(millis(CALL_TIMEOUT));
     session.set_keepalive(true, 15);
@@ -169,7 +172,9 @@ impl Connected {
     }
 }
 
-fn open_session(label: &str, name: &str, port: u16) -> Result<Session> {
+/// Connects and negotiates encryption, offering the host key algorithms
+/// `host_keys` (best first).
+fn open_session(label: &str, name: &str, port: u16, host_keys: &str) -> Result<Session> {
     let connect_error = |source: io::Error| Error::Connect {
         host: label.into(),
         source,
@@ -212,6 +217,9 @@ fn open_session(label: &str, name: &str, port: u16) -> Result<Session> {
     // Until logged in, a silent server gets the connect timeout; afterwards the
     // longer per-call timeout (the agent speaks at least every few seconds).
     session.set_timeout(millis(CONNECT_TIMEOUT));
+    session
+        .method_pref(MethodType::HostKey, host_keys)
+        .map_err(ssh_error("choosing host key types"))?;
     session
         .handshake()
         .map_err(ssh_error("negotiating encryption"))?;

@@ -1,6 +1,6 @@
 //! A real OpenSSH `sshd` per test, listening on 127.0.0.1 with a random port,
-//! a fresh ed25519 host key and a fresh ed25519 user key authorized for the
-//! user running the tests.
+//! a fresh ed25519 host key (and on request ECDSA and RSA ones) and a fresh
+//! ed25519 user key authorized for the user running the tests.
 //!
 //! Notes from setting this up (Debian 12, OpenSSH 9.2):
 //! - With `UsePAM no`, sshd on Linux refuses accounts whose shadow password
@@ -70,6 +70,35 @@ impl KeyKind {
     }
 }
 
+/// A host key type the test sshd can hold ([`Sshd::start_with_host_keys`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKey {
+    /// `ssh-ed25519`, the key every test sshd has.
+    Ed25519,
+    /// `ecdsa-sha2-nistp256`.
+    Ecdsa,
+    /// `ssh-rsa` (3072 bits).
+    Rsa,
+}
+
+impl HostKey {
+    fn file(self) -> &'static str {
+        match self {
+            HostKey::Ed25519 => "host_ed25519",
+            HostKey::Ecdsa => "host_ecdsa",
+            HostKey::Rsa => "host_rsa",
+        }
+    }
+
+    fn keygen_args(self) -> &'static [&'static str] {
+        match self {
+            HostKey::Ed25519 => &["-t", "ed25519"],
+            HostKey::Ecdsa => &["-t", "ecdsa", "-b", "256"],
+            HostKey::Rsa => &["-t", "rsa", "-b", "3072"],
+        }
+    }
+}
+
 /// A running `sshd` owned by one test; killed (by PID) when dropped.
 pub struct Sshd {
     dir: TempDir,
@@ -97,6 +126,17 @@ impl Sshd {
         Sshd::start_with(env, None, 20)
     }
 
+    /// Like [`Sshd::start`], with an ECDSA and an RSA host key besides the
+    /// ed25519 one, in that order of `HostKey` lines (as Debian's sshd has them).
+    pub fn start_with_host_keys() -> Sshd {
+        Sshd::start_with_keys(
+            &[],
+            None,
+            20,
+            &[HostKey::Ed25519, HostKey::Ecdsa, HostKey::Rsa],
+        )
+    }
+
     /// Like [`Sshd::start`], allowing `max_sessions` channels per connection
     /// (hardened servers set `MaxSessions` low).
     pub fn start_with_max_sessions(max_sessions: u32) -> Sshd {
@@ -120,6 +160,15 @@ impl Sshd {
     }
 
     fn start_with(env: &[(&str, &str)], force_command: Option<&Path>, max_sessions: u32) -> Sshd {
+        Sshd::start_with_keys(env, force_command, max_sessions, &[HostKey::Ed25519])
+    }
+
+    fn start_with_keys(
+        env: &[(&str, &str)],
+        force_command: Option<&Path>,
+        max_sessions: u32,
+        host_keys: &[HostKey],
+    ) -> Sshd {
         let user = current_user();
         check_account_not_locked(&user);
         if is_root() {
@@ -132,7 +181,9 @@ impl Sshd {
             .expect("create temp dir for sshd");
         let d = dir.path();
 
-        keygen(&d.join("host_ed25519"), &["-t", "ed25519"], None, "host");
+        for kind in host_keys {
+            keygen(&d.join(kind.file()), kind.keygen_args(), None, "host");
+        }
         keygen(&d.join("id_ed25519"), &["-t", "ed25519"], None, "user");
         let user_pub = fs::read_to_string(d.join("id_ed25519.pub")).expect("read user public key");
         write_mode(&d.join("authorized_keys"), user_pub.as_bytes(), 0o600);
@@ -154,7 +205,7 @@ impl Sshd {
             let config = d.join("sshd_config");
             fs::write(
                 &config,
-                sshd_config(d, port, env, force_command, max_sessions),
+                sshd_config(d, port, env, force_command, max_sessions, host_keys),
             )
             .expect("write sshd_config");
             let log_path = d.join("sshd.log");
@@ -232,6 +283,19 @@ impl Sshd {
     /// `"[127.0.0.1]:PORT ssh-ed25519 AAAA..."` (no trailing newline).
     pub fn known_hosts_line(&self) -> String {
         self.known_hosts_line.clone()
+    }
+
+    /// The known_hosts line of host key `kind` (see [`Sshd::known_hosts_line`]).
+    pub fn known_hosts_line_of(&self, kind: HostKey) -> String {
+        let public = self.dir.path().join(format!("{}.pub", kind.file()));
+        let text = fs::read_to_string(&public).expect("read host public key");
+        let fields: Vec<&str> = text.split_whitespace().take(2).collect();
+        format!("[127.0.0.1]:{} {}", self.port, fields.join(" "))
+    }
+
+    /// The fingerprint of host key `kind` (see [`Sshd::host_fingerprint`]).
+    pub fn host_fingerprint_of(&self, kind: HostKey) -> String {
+        fingerprint(&self.dir.path().join(format!("{}.pub", kind.file())))
     }
 
     /// The private key text (OpenSSH format) of the authorized ed25519 user key.
@@ -317,14 +381,18 @@ fn sshd_config(
     env: &[(&str, &str)],
     force_command: Option<&Path>,
     max_sessions: u32,
+    host_keys: &[HostKey],
 ) -> String {
     let d = dir.display();
+    let host_keys: String = host_keys
+        .iter()
+        .map(|kind| format!("HostKey \"{d}/{}\"\n", kind.file()))
+        .collect();
     // Paths are quoted so a temp dir with spaces still works.
     format!(
         r#"Port {port}
 ListenAddress 127.0.0.1
-HostKey "{d}/host_ed25519"
-PidFile "{d}/sshd.pid"
+{host_keys}PidFile "{d}/sshd.pid"
 AuthorizedKeysFile "{d}/authorized_keys"
 PasswordAuthentication no
 KbdInteractiveAuthentication no
