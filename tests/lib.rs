@@ -10,6 +10,7 @@
 //!   test with its name (bin/test installs the tools, or says which ones to install).
 //! - Exit statuses are asserted exactly (`Test::status(1)`, `.success()`), as SPEC gives
 //!   them: 0 done, 1 failed and put back, 2 bad input, 3 lock timeout.
+//! - The texts of the commonest failures are pinned whole in `errors.rs`.
 
 mod support;
 mod test;
@@ -36,3 +37,5 @@ mod package;
 mod action;
 // Issue 6: cut connections, killed clients and agents, full disks, hostile input.
 mod faults;
+// The whole text of the commonest failures, pinned.
+mod errors;
