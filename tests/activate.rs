@@ -259,12 +259,9 @@ fn pm2_deploy_over_ssh_and_doctor() {
 }
 
 #[test]
+#[ignore = "needs root: hides node in a private mount namespace"]
 fn a_missing_node_fails_before_anything_changes_and_says_where_it_looked() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: hiding node needs a private mount namespace (root)");
-        return;
-    }
+    crate::support::assert_root("hiding node needs a private mount namespace");
     let site = Site::new(false);
     site.deploy(&site.app("v1", Behaviour::Healthy), "r1")
         .args(["--process-manager", "none"])

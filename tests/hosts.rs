@@ -16,13 +16,10 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// `None` when not root (mount namespaces need it).
-    fn new(count: usize) -> Option<Fleet> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: several test hosts on one machine need root");
-            return None;
-        }
+    /// Needs root (a mount namespace per host): its tests are `#[ignore = "needs root: …"]`.
+    #[track_caller]
+    fn new(count: usize) -> Fleet {
+        crate::support::assert_root("several test hosts on one machine, a mount namespace each");
         let work = tempfile::tempdir().unwrap();
         let remote = work.path().join("srv/site");
         let hosts = (0..count)
@@ -31,11 +28,11 @@ impl Fleet {
                 (Sshd::start_as_host(&[], &remote, &real), real)
             })
             .collect();
-        Some(Fleet {
+        Fleet {
             work,
             remote,
             hosts,
-        })
+        }
     }
 
     fn deploy(&self, app: &Path, release: &str) -> Test {
@@ -82,8 +79,9 @@ fn share_key(fleet: &Fleet) {
 }
 
 #[test]
+#[ignore = "needs root: several hosts on one machine, a mount namespace each"]
 fn all_hosts_get_the_same_release_from_one_package() {
-    let Some(fleet) = Fleet::new(3) else { return };
+    let fleet = Fleet::new(3);
     share_key(&fleet);
     let app = fixture::nextjs_app(fleet.work.path(), "v1");
     let expected = fixture::expected_release(&app, &fleet.work.path().join("expected"));
@@ -105,8 +103,9 @@ fn all_hosts_get_the_same_release_from_one_package() {
 }
 
 #[test]
+#[ignore = "needs root: several hosts on one machine, a mount namespace each"]
 fn one_host_failing_to_stage_leaves_every_host_as_it_was() {
-    let Some(fleet) = Fleet::new(2) else { return };
+    let fleet = Fleet::new(2);
     share_key(&fleet);
     let v1 = fixture::nextjs_app(fleet.work.path(), "v1");
     let v2 = fixture::nextjs_app(fleet.work.path(), "v2");
@@ -134,8 +133,9 @@ fn one_host_failing_to_stage_leaves_every_host_as_it_was() {
 }
 
 #[test]
+#[ignore = "needs root: several hosts on one machine, a mount namespace each"]
 fn a_host_failing_to_switch_puts_the_switched_hosts_back_in_both_rollouts() {
-    let Some(fleet) = Fleet::new(2) else { return };
+    let fleet = Fleet::new(2);
     share_key(&fleet);
     let v1 = fixture::nextjs_app(fleet.work.path(), "v1");
     let v2 = fixture::nextjs_app(fleet.work.path(), "v2");

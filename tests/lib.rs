@@ -1,5 +1,16 @@
 //! dropship's integration tests: the real binary against a real OpenSSH sshd
 //! on 127.0.0.1, with trees shaped like real Next.js standalone builds.
+//!
+//! Conventions (every test here follows them):
+//! - A test that cannot run here must not pass: libtest has no skip at run time, so a
+//!   test that needs root is marked `#[ignore = "needs root: <why>"]` (libtest prints
+//!   the reason) and calls `support::assert_root` (or a helper that does) first.
+//!   `bin/test` includes these when it runs as root (CI does) and counts them as skipped
+//!   otherwise. No test is `#[ignore]`d for any other reason; a missing tool fails the
+//!   test with its name (bin/test installs the tools, or says which ones to install).
+//! - Exit statuses are asserted exactly (`Test::status(1)`, `.success()`), as SPEC gives
+//!   them: 0 done, 1 failed and put back, 2 bad input, 3 lock timeout.
+//! - The texts of the commonest failures are pinned whole in `errors.rs`.
 
 mod support;
 mod test;
@@ -26,3 +37,5 @@ mod package;
 mod action;
 // Issue 6: cut connections, killed clients and agents, full disks, hostile input.
 mod faults;
+// The whole text of the commonest failures, pinned.
+mod errors;

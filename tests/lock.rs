@@ -12,7 +12,7 @@ use crate::support::{fixture, sshd::Sshd};
 use crate::test::Test;
 
 /// An agent that took the lock for release `holder-1` and now waits for its stream.
-fn hold_lock(root: &Path) -> (Child, ChildStdin) {
+pub(crate) fn hold_lock(root: &Path) -> (Child, ChildStdin) {
     let request = json!({
         "op": "deploy",
         "target": {"protocol": 1, "root": root, "by": "alice@laptop", "lock_timeout_secs": 5, "dry_run": false},

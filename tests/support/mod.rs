@@ -14,3 +14,16 @@ pub mod site;
 pub mod sshd;
 pub mod systemd;
 pub mod tree;
+
+/// Fails the test unless it runs as root. For the tests marked
+/// `#[ignore = "needs root: …"]` (see tests/lib.rs), so that one included by hand as
+/// another user fails saying why instead of passing without having run.
+#[track_caller]
+pub fn assert_root(why: &str) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "this test needs root ({why}): run it as root, where bin/test includes it"
+    );
+}

@@ -1,14 +1,9 @@
 //! Small filesystems for resource faults: a size- (and inode-) limited tmpfs,
-//! and a read-only bind mount. Both need root; `None` (with a printed note)
-//! when they cannot be made, so the calling test can skip. Unmounted on drop.
+//! and a read-only bind mount. Both need root: the tests using them are marked
+//! `#[ignore = "needs root: …"]`, and a mount that fails fails the test. Unmounted on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn mount(args: &[&str], target: &Path) -> Result<(), String> {
     let out = Command::new("mount")
@@ -31,11 +26,9 @@ pub struct Mounted {
 
 impl Mounted {
     /// Mounts a tmpfs of `size` (as `mount -o size=` takes it: `2m`, `64m`) at `path`.
-    pub fn tmpfs(path: &Path, size: &str) -> Option<Mounted> {
-        if !is_root() {
-            eprintln!("skipped: mounting a tmpfs needs root");
-            return None;
-        }
+    #[track_caller]
+    pub fn tmpfs(path: &Path, size: &str) -> Mounted {
+        super::assert_root("mounting a tmpfs");
         std::fs::create_dir_all(path).expect("create the mount point");
         match mount(
             &[
@@ -47,37 +40,27 @@ impl Mounted {
             ],
             path,
         ) {
-            Ok(()) => Some(Mounted {
+            Ok(()) => Mounted {
                 path: path.to_owned(),
-            }),
-            Err(why) => {
-                eprintln!("skipped: cannot mount a tmpfs at {}: {why}", path.display());
-                None
-            }
+            },
+            Err(why) => panic!("cannot mount a tmpfs at {}: {why}", path.display()),
         }
     }
 
     /// Makes `path` (an existing directory) read-only by bind-mounting it onto itself.
-    pub fn read_only(path: &Path) -> Option<Mounted> {
-        if !is_root() {
-            eprintln!("skipped: a read-only bind mount needs root");
-            return None;
-        }
+    #[track_caller]
+    pub fn read_only(path: &Path) -> Mounted {
+        super::assert_root("a read-only bind mount");
         if let Err(why) = mount(&["--bind", &path.display().to_string()], path) {
-            eprintln!("skipped: cannot bind-mount {}: {why}", path.display());
-            return None;
+            panic!("cannot bind-mount {}: {why}", path.display());
         }
         let mounted = Mounted {
             path: path.to_owned(),
         };
         if let Err(why) = mount(&["-o", "remount,bind,ro"], path) {
-            eprintln!(
-                "skipped: cannot remount {} read-only: {why}",
-                path.display()
-            );
-            return None;
+            panic!("cannot remount {} read-only: {why}", path.display());
         }
-        Some(mounted)
+        mounted
     }
 
     /// Changes mount options in place, e.g. `nr_inodes=60` or `ro`.

@@ -45,15 +45,11 @@ pub struct UserManager {
 }
 
 impl UserManager {
-    /// Starts a user manager; `None` (with the reason printed) when not root.
-    pub fn start() -> Option<UserManager> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!(
-                "skipped: a systemd user manager on a machine not booted with systemd needs root (mount namespace, cgroups)"
-            );
-            return None;
-        }
+    /// Starts a user manager. Needs root (a mount namespace and cgroups on a machine not
+    /// booted with systemd): its tests are `#[ignore = "needs root: …"]`.
+    #[track_caller]
+    pub fn start() -> UserManager {
+        super::assert_root("a systemd user manager needs a mount namespace and cgroups");
         assert!(
             Path::new(SYSTEMD).exists(),
             "{SYSTEMD} is missing (is the systemd package installed?)"
@@ -93,7 +89,7 @@ impl UserManager {
             cgroups,
         };
         manager.wait_ready();
-        Some(manager)
+        manager
     }
 
     fn wait_ready(&self) {

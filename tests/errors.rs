@@ -1,0 +1,478 @@
+//! The commonest failures, as a user sees them: each test runs the real binary and
+//! compares its whole stderr (message and `hint:`) and its exit status with the text
+//! here, so that a change to any of these messages shows up as a diff of this file.
+//! What changes from run to run (temporary directories, ports, fingerprints, times)
+//! is replaced by a `[NAME]` placeholder before comparing.
+
+use std::fs;
+use std::path::Path;
+
+use crate::support::runtime::{Behaviour, Pm2Home, free_port, node_app};
+use crate::support::sshd::{KeyKind, Sshd};
+use crate::support::{fixture, process};
+use crate::test::{Output, Test};
+
+/// Asserts the exit status, and that stderr is `expected` once every `(text, name)`
+/// of `vary` is replaced by `[name]`, and run times, free space and lock ages by
+/// `[T]`, `[FREE]` and `[SINCE]`.
+#[track_caller]
+fn assert_stderr(out: &Output, code: i32, vary: &[(&str, &str)], expected: &str) {
+    let mut stderr = out.stderr.clone();
+    for (text, name) in vary {
+        stderr = stderr.replace(text, &format!("[{name}]"));
+    }
+    let stderr = without_times(&stderr);
+    assert!(
+        out.code == code && stderr == expected,
+        "expected exit status {code} and stderr:\n{expected}\n--- got exit status {}, stderr:\n{stderr}\n--- stdout\n{}",
+        out.code,
+        out.stdout
+    );
+}
+
+/// Replaces every run time (`0.12 s`, `35 ms`) with `[T]`, free space (`812.5 MB free`)
+/// with `[FREE]` and the start of a lock (`since 1796147437`) with `[SINCE]`.
+fn without_times(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        let (before, number) = rest.split_at(start);
+        out.push_str(before);
+        let end = number
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(number.len());
+        let after = &number[end..];
+        let preceded_by_word = before.ends_with(|c: char| c.is_alphanumeric() || "_-".contains(c));
+        if preceded_by_word {
+            out.push_str(&number[..end]);
+        } else if after.starts_with(" s") || after.starts_with(" ms") {
+            out.push_str("[T]");
+        } else if after.starts_with(" MB free") {
+            out.push_str("[FREE]");
+        } else if before.ends_with("since ") {
+            out.push_str("[SINCE]");
+        } else {
+            out.push_str(&number[..end]);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `deploy` of `app` onto this machine, files only.
+fn local_deploy(app: &Path, remote: &Path) -> Test {
+    Test::new()
+        .args(["deploy", "--host", "local", "--process-manager", "none"])
+        .arg("--working-directory")
+        .arg(app)
+        .arg("--remote-path")
+        .arg(remote)
+}
+
+/// `SHA256:…` of the private key at `path`, as `ssh-keygen -lf` prints it.
+fn key_fingerprint(path: &Path) -> String {
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+fn text(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[test]
+fn a_missing_remote_path() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let out = Test::new()
+        .args(["deploy", "--host", "local", "--working-directory"])
+        .arg(&app)
+        .run();
+    assert_stderr(
+        &out,
+        2,
+        &[],
+        concat!(
+            "error: the following required arguments were not provided:\n",
+            "  --remote-path <REMOTE_PATH>\n",
+            "\n",
+            "Usage: dropship deploy --host <HOST> --remote-path <REMOTE_PATH> --working-directory <WORKING_DIRECTORY>\n",
+            "\n",
+            "For more information, try '--help'.\n",
+        ),
+    );
+}
+
+#[test]
+fn an_invalid_option_value() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let out = local_deploy(&app, &work.path().join("app"))
+        .args(["--strategy", "blue-green", "--app-port", "3000"])
+        .run();
+    assert_stderr(
+        &out,
+        2,
+        &[],
+        concat!(
+            "error: input `app-port`: `3000`: the `blue-green` strategy needs 2 distinct port(s)\n",
+            "  hint: e.g. `3000` for restart, `3000,3001` for blue-green\n",
+        ),
+    );
+}
+
+#[test]
+fn a_system_directory_as_remote_path() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let out = local_deploy(&app, Path::new("/etc")).run();
+    assert_stderr(
+        &out,
+        2,
+        &[],
+        concat!(
+            "error: input `remote-path`: `/etc` is a system directory; dropship needs a directory of the app's own\n",
+            "  hint: use an absolute directory of the app's own, e.g. `/srv/myapp`\n",
+        ),
+    );
+}
+
+#[test]
+fn no_standalone_build_to_ship() {
+    let work = tempfile::tempdir().unwrap();
+    let app = work.path().join("app");
+    fs::create_dir_all(app.join(".next")).unwrap();
+    let out = local_deploy(&app, &work.path().join("srv")).run();
+    assert_stderr(
+        &out,
+        2,
+        &[(&text(work.path()), "WORK")],
+        concat!(
+            "error: nothing to ship: no Next.js standalone build in `[WORK]/app` (looked for `.next/standalone`)\n",
+            "  hint: build first with `output: 'standalone'` in next.config.js (or set `build`), or set `source` to the directory to ship\n",
+        ),
+    );
+}
+
+#[test]
+fn a_failing_build_command() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let out = local_deploy(&app, &work.path().join("srv"))
+        .args(["--build", "echo compiling >&2; exit 3"])
+        .run();
+    assert_stderr(
+        &out,
+        1,
+        &[(&text(work.path()), "WORK")],
+        concat!(
+            "build: echo compiling >&2; exit 3\n",
+            "compiling\n",
+            "error: build command `echo compiling >&2; exit 3` failed: exit status: 3\n",
+            "  hint: run the build command locally to see why it fails\n",
+        ),
+    );
+}
+
+#[test]
+fn a_malformed_env_line() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let env = work.path().join("production.env");
+    fs::write(&env, "DATABASE_URL=postgres://db/app\nAPI KEY=hunter2\n").unwrap();
+    let out = local_deploy(&app, &work.path().join("srv"))
+        .arg("--env-file")
+        .arg(&env)
+        .run();
+    assert_stderr(
+        &out,
+        2,
+        &[(&text(work.path()), "WORK")],
+        concat!(
+            "error: input `env`: line 2: expected KEY=value (no `=` after the key)\n",
+            "  hint: write one KEY=value a line; put values with spaces, `#` or new lines in double quotes\n",
+        ),
+    );
+}
+
+#[test]
+fn a_release_that_already_exists() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let remote = work.path().join("srv");
+    local_deploy(&app, &remote)
+        .args(["--release", "r1"])
+        .success();
+    let out = local_deploy(&app, &remote).args(["--release", "r1"]).run();
+    assert_stderr(
+        &out,
+        2,
+        &[(&text(work.path()), "WORK")],
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
+            "error: on local: release `r1` already exists on this host\n",
+            "  hint: deploy with another `release` id, or roll back to it with `dropship rollback --to`\n",
+        ),
+    );
+}
+
+#[test]
+fn a_rollback_to_a_release_that_is_not_there() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let remote = work.path().join("srv");
+    local_deploy(&app, &remote)
+        .args(["--release", "r1"])
+        .success();
+    let out = Test::new()
+        .args(["rollback", "--host", "local", "--process-manager", "none"])
+        .args(["--to", "r0", "--remote-path"])
+        .arg(&remote)
+        .run();
+    assert_stderr(
+        &out,
+        2,
+        &[(&text(work.path()), "WORK")],
+        concat!(
+            "error: on local: release `r0` does not exist on this host (it has: r1)\n",
+            "  hint: pick one from `dropship releases`\n",
+        ),
+    );
+}
+
+#[test]
+fn a_deploy_that_waits_for_the_lock_too_long() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let remote = work.path().join("srv");
+    let (mut holder, holder_stdin) = crate::lock::hold_lock(&remote);
+    let pid = holder.id().to_string();
+    let out = local_deploy(&app, &remote)
+        .args(["--lock-timeout", "1", "--release", "r1"])
+        .run();
+    drop(holder_stdin);
+    let _ = holder.wait();
+    assert_stderr(
+        &out,
+        3,
+        &[(&text(work.path()), "WORK"), (&pid, "PID")],
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
+            "local: waiting for another deploy to finish (held by alice@laptop (deploying holder-1) (pid [PID], since [SINCE]); [T] s so far)\n",
+            "error: on local: another deploy holds the lock of [WORK]/srv (held by alice@laptop (deploying holder-1) (pid [PID], since [SINCE])); waited [T] s\n",
+            "  hint: wait for it to finish, or raise `lock-timeout`; a lock is released automatically when its deploy exits\n",
+        ),
+    );
+}
+
+#[test]
+fn a_release_that_fails_its_health_check() {
+    let work = tempfile::tempdir().unwrap();
+    let pm2 = Pm2Home::new();
+    let port = free_port();
+    let app = node_app(work.path(), "v1", Behaviour::Unhealthy);
+    let out = Test::new()
+        .args(["deploy", "--host", "local", "--release", "r1"])
+        .args(["--health-timeout", "2", "--app-port", &port.to_string()])
+        .arg("--working-directory")
+        .arg(&app)
+        .arg("--remote-path")
+        .arg(work.path().join("srv"))
+        .env("PM2_HOME", &pm2.path_str())
+        .run();
+    assert_stderr(
+        &out,
+        1,
+        &[(&text(work.path()), "WORK"), (&port.to_string(), "PORT")],
+        concat!(
+            "package: Next.js standalone build (.next/standalone, public → public) — 2 files, 0.0 MB, server.js in `.`\n",
+            "local: ready (live: nothing yet, [FREE] MB free)\n",
+            "local: staged 2 new and 0 unchanged files: 0.0 MB sent in [T] s (0.0 MB/s)\n",
+            "local: starting r1 on port [PORT]\n",
+            "error: on local: release r1 did not become healthy on port [PORT] within [T] s: GET / on port [PORT] answered 500\n",
+            "last log lines of the app:\n",
+            "------------------------------------------------------------\n",
+            "listening, but the database is unreachable\n",
+            "------------------------------------------------------------\n",
+            "  hint: fix the app (the log above says why), check `start` and `health-path`, or raise `health-timeout`; the previous release keeps serving\n",
+        ),
+    );
+}
+
+/// Over SSH: `deploy` of the fixture app with `args`; the sshd's own key unless `key` is given.
+fn ssh_deploy(sshd: &Sshd, work: &Path, args: &[&str]) -> Output {
+    let app = fixture::nextjs_app(work, "v1");
+    Test::new()
+        .args(["deploy", "--process-manager", "none", "--release", "r1"])
+        .args(["--host", &sshd.host_spec(), "--remote-path"])
+        .arg(work.join("srv"))
+        .arg("--working-directory")
+        .arg(&app)
+        .args(args)
+        .env(
+            "DROPSHIP_AGENT_BINARY",
+            &process::lean_agent().display().to_string(),
+        )
+        .run()
+}
+
+#[test]
+fn an_unpinned_host_key() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let key = text(&sshd.user_key_path());
+    let out = ssh_deploy(&sshd, work.path(), &["--key-file", &key]);
+    let host = sshd.host_spec();
+    assert_stderr(
+        &out,
+        2,
+        &[
+            (&sshd.known_hosts_line(), "KNOWN_HOSTS_LINE"),
+            (&sshd.host_fingerprint(), "FINGERPRINT"),
+            (&text(work.path()), "WORK"),
+            (&host, "HOST"),
+        ],
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
+            "error: host key of [HOST] is not pinned (server key [FINGERPRINT])\n",
+            "  hint: if this is your server, pin its key: set `host-fingerprint` to [FINGERPRINT]\n",
+            "      or add this line to `known-hosts`:\n",
+            "      [KNOWN_HOSTS_LINE]\n",
+            "      (compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server)\n",
+        ),
+    );
+}
+
+#[test]
+fn a_changed_host_key() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let key = text(&sshd.user_key_path());
+    let pinned = format!("SHA256:{}", "A".repeat(43));
+    let out = ssh_deploy(
+        &sshd,
+        work.path(),
+        &["--key-file", &key, "--host-fingerprint", &pinned],
+    );
+    let host = sshd.host_spec();
+    assert_stderr(
+        &out,
+        2,
+        &[
+            (&sshd.host_fingerprint(), "FINGERPRINT"),
+            (&text(work.path()), "WORK"),
+            (&host, "HOST"),
+        ],
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
+            "error: host key of [HOST] does not match the pinned key: expected SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA, the server presented [FINGERPRINT]\n",
+            "  hint: do not deploy until you know why the key changed: if the server was rebuilt, pin its new key; otherwise someone may be intercepting the connection\n",
+        ),
+    );
+}
+
+#[test]
+fn a_key_the_server_does_not_accept() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let other = sshd.extra_key(KeyKind::Ed25519, None, false);
+    let key_fingerprint = key_fingerprint(&other);
+    let other = text(&other);
+    let fingerprint = sshd.host_fingerprint();
+    let out = ssh_deploy(
+        &sshd,
+        work.path(),
+        &["--key-file", &other, "--host-fingerprint", &fingerprint],
+    );
+    let host = sshd.host_spec();
+    assert_stderr(
+        &out,
+        2,
+        &[
+            (&text(work.path()), "WORK"),
+            (&host, "HOST"),
+            (&sshd.user(), "USER"),
+            (&key_fingerprint, "KEY"),
+        ],
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
+            "error: [HOST] refused the ed25519 key [KEY] for user `[USER]` (Permission denied (publickey))\n",
+            "  hint: check that the public half of this key is in ~[USER]/.ssh/authorized_keys on the server, that `user` is right, and that the secret holds the whole private key (with its BEGIN/END lines)\n",
+        ),
+    );
+}
+
+#[test]
+fn a_key_that_is_not_a_private_key() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("deploy_key");
+    fs::write(
+        &key,
+        fs::read_to_string(sshd.user_key_path().with_extension("pub")).unwrap(),
+    )
+    .unwrap();
+    let fingerprint = sshd.host_fingerprint();
+    let out = ssh_deploy(
+        &sshd,
+        work.path(),
+        &[
+            "--key-file",
+            &text(&key),
+            "--host-fingerprint",
+            &fingerprint,
+        ],
+    );
+    assert_stderr(
+        &out,
+        2,
+        &[(&text(work.path()), "WORK")],
+        concat!(
+            "error: cannot use the private key: this is a public key (one line starting with `ssh-`), not the private key\n",
+            "  hint: paste the whole private key, from `-----BEGIN … PRIVATE KEY-----` to its END line, into the secret (it is the file without .pub)\n",
+        ),
+    );
+}
+
+#[test]
+fn a_host_that_refuses_the_connection() {
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let key = work.path().join("id");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success(), "ssh-keygen");
+    let out = Test::new()
+        .args(["deploy", "--process-manager", "none", "--release", "r1"])
+        .args([
+            "--host",
+            &format!("deploy@127.0.0.1:{port}"),
+            "--remote-path",
+            "/srv/www",
+        ])
+        .args(["--host-fingerprint", &format!("SHA256:{}", "A".repeat(43))])
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--working-directory")
+        .arg(&app)
+        .run();
+    assert_stderr(
+        &out,
+        1,
+        &[(&text(work.path()), "WORK"), (&port.to_string(), "PORT")],
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
+            "error: cannot connect to deploy@127.0.0.1:[PORT]: Connection refused (os error 111)\n",
+            "  hint: check the host name and port, and that the firewall or security group lets this machine reach SSH\n",
+        ),
+    );
+}
