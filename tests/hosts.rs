@@ -166,3 +166,30 @@ fn a_host_failing_to_switch_puts_the_switched_hosts_back_in_both_rollouts() {
         );
     }
 }
+
+#[test]
+fn a_later_batch_failing_to_stage_puts_the_first_back_and_exits_1() {
+    let Some(fleet) = Fleet::new(2) else { return };
+    share_key(&fleet);
+    let v1 = fixture::nextjs_app(fleet.work.path(), "v1");
+    let v2 = fixture::nextjs_app(fleet.work.path(), "v2");
+    fleet
+        .deploy(&v1, "r1")
+        .args(["--process-manager", "none"])
+        .success();
+    // Host 1, in the second batch, cannot take r2 (bad input there), after host 0 switched.
+    fs::create_dir_all(fleet.hosts[1].1.join("releases/r2")).unwrap();
+    let out = fleet
+        .deploy(&v2, "r2")
+        .args(["--process-manager", "none", "--rollout", "rolling"])
+        .status(1);
+    assert!(
+        out.stderr.contains("release `r2` already exists"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("put back r1"), "{}", out.stderr);
+    assert_eq!(fleet.live(0).as_deref(), Some("releases/r1"));
+    assert_eq!(fleet.live(1).as_deref(), Some("releases/r1"));
+    assert!(!fleet.hosts[0].1.join("releases/r2").exists());
+}

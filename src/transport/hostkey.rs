@@ -130,13 +130,7 @@ impl Pinning {
         target: &Target<'_>,
     ) -> Result<()> {
         let Target { label, host, port } = *target;
-        let Some((key, key_type)) = session.host_key() else {
-            return Err(Error::Ssh {
-                host: label.into(),
-                step: "reading the host key",
-                message: "the server sent no host key".into(),
-            });
-        };
+        let (key, key_type) = host_key(session, label)?;
         let actual = fingerprint(key);
         if known.revoked.iter().any(|revoked| revoked == key) {
             return Err(Error::HostKeyRevoked {
@@ -195,16 +189,19 @@ struct Target<'a> {
     port: u16,
 }
 
+/// The key `session` received, and its type.
+fn host_key<'s>(session: &'s Session, label: &str) -> Result<(&'s [u8], HostKeyType)> {
+    session.host_key().ok_or_else(|| Error::Ssh {
+        host: label.into(),
+        step: "reading the host key",
+        message: "the server sent no host key".into(),
+    })
+}
+
 /// The type and fingerprint of the key `session` received.
 fn presented_key(session: &Session, label: &str) -> Result<(&'static str, String)> {
-    match session.host_key() {
-        Some((key, key_type)) => Ok((type_name(key_type), fingerprint(key))),
-        None => Err(Error::Ssh {
-            host: label.into(),
-            step: "reading the host key",
-            message: "the server sent no host key".into(),
-        }),
-    }
+    let (key, key_type) = host_key(session, label)?;
+    Ok((type_name(key_type), fingerprint(key)))
 }
 
 /// Host key types as known_hosts names them, with the handshake algorithms
