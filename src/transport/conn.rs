@@ -45,9 +45,10 @@ fn report_progress(
         let elapsed = started.elapsed();
         if elapsed >= next {
             let bytes = sent.load(Ordering::Relaxed) - before;
+            // As `report::mb` writes it; transport does not depend on `report`.
             tracing::info!(
-                "{host}: uploading: {} sent ({:.1} MB/s)",
-                crate::report::mb(bytes),
+                "{host}: uploading: {:.1} MB sent ({:.1} MB/s)",
+                bytes as f64 / 1e6,
                 bytes as f64 / 1e6 / elapsed.as_secs_f64()
             );
             next += PROGRESS_EVERY;
@@ -75,10 +76,6 @@ pub trait Link: Read + Write + Send {
         Duration::ZERO
     }
 }
-
-/// The step of the error when the server refuses a further upload channel
-/// (`MaxSessions 1`); the deploy then uploads again on one.
-pub const ANOTHER_CHANNEL: &str = "opening another channel for the upload";
 
 /// Uncompressed bytes per part below which another channel does not pay.
 const BYTES_PER_PART: u64 = 8 << 20;
@@ -316,14 +313,12 @@ impl AgentConn {
                 (None, _) => &mut *self.link,
                 (Some(i), Some(join)) => {
                     while extra.len() <= i {
-                        let mut link =
-                            self.link
-                                .open_part(&join.socket)
-                                .map_err(|err| Error::Ssh {
-                                    host: self.host.clone(),
-                                    step: ANOTHER_CHANNEL,
-                                    message: err.to_string(),
-                                })?;
+                        let mut link = self.link.open_part(&join.socket).map_err(|err| {
+                            Error::ChannelRefused {
+                                host: self.host.clone(),
+                                message: err.to_string(),
+                            }
+                        })?;
                         let header = format!("{}\n", join.token);
                         link.write_all(header.as_bytes())
                             .map_err(|err| self.write_failed(&err))?;
@@ -411,13 +406,15 @@ impl AgentConn {
         if let Some(line) = garbage {
             stderr = format!("{line}\n{stderr}");
         }
+        let host = self.host.clone();
+        let status = match status {
+            Some(AGENT_MISSING) => return Error::AgentMissing { host },
+            Some(code) => format!("exit status {code}"),
+            None => "killed, or the connection dropped".into(),
+        };
         Error::AgentDied {
-            host: self.host.clone(),
-            status: match status {
-                Some(AGENT_MISSING) => "agent missing".into(),
-                Some(code) => format!("exit status {code}"),
-                None => "killed, or the connection dropped".into(),
-            },
+            host,
+            status,
             stderr,
         }
     }
