@@ -120,6 +120,9 @@ pub enum Error {
         status: String,
         stderr: String,
     },
+    /// What the host printed as the agent is not dropship's protocol.
+    #[error("the agent on {host} printed {problem}: its output is not dropship's")]
+    NotAgentOutput { host: String, problem: String },
     /// The server refused a further SSH channel for the upload (`MaxSessions 1`).
     #[error("{host} refused another SSH channel for the upload: {message}")]
     ChannelRefused { host: String, message: String },
@@ -188,6 +191,7 @@ impl Error {
             | Error::AgentMissing { .. }
             | Error::AgentNotRunnable { .. }
             | Error::DiedSwitching { .. }
+            | Error::NotAgentOutput { .. }
             | Error::ChannelRefused { .. }
             | Error::Doctor { .. } => ExitStatus::Failed,
         }
@@ -219,6 +223,7 @@ impl Error {
             Error::AgentMissing { .. } => "run the deploy again: dropship installs its agent".into(),
             Error::AgentNotRunnable { .. } => "is `remote-path` on a filesystem mounted `noexec`? Choose a `remote-path` where the deploy user may run programs".into(),
             Error::DiedSwitching { .. } => "check with `dropship releases` and run `dropship rollback` if needed".into(),
+            Error::NotAgentOutput { .. } => "make sure nothing else answers for the agent: the deploy user's shell start-up files (~/.bashrc, ~/.profile) must print nothing for non-interactive sessions, and `remote-path`/.dropship/bin/ must hold only dropship's agents".into(),
             Error::ChannelRefused { .. } => "allow more sessions per connection (`MaxSessions` in sshd_config), or set `DROPSHIP_CHANNELS=1`".into(),
             Error::Remote { failure, .. } | Error::Agent(failure) => failure.hint.clone()?,
             Error::Local { .. } | Error::AgentDied { .. } | Error::Doctor { .. } => return None,

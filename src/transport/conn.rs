@@ -20,6 +20,12 @@ const REQUEST_LEVEL: i32 = 9;
 /// Exit status of the bootstrap command when the agent is not installed yet.
 pub const AGENT_MISSING: i32 = 97;
 
+/// The longest event line the client reads, in MiB. The largest real one, a `ready`
+/// naming the files to send, takes 1 MiB for 150,000 files; a host that prints more
+/// without a newline is not speaking dropship's protocol, and must not fill the
+/// client's memory.
+const MAX_EVENT_MIB: usize = 4;
+
 /// A request as the agent reads it: a `zstd <length>` line, then one zstd frame
 /// holding the JSON (a deploy request carries the whole manifest, which
 /// dominates the bytes of a small redeploy).
@@ -338,9 +344,11 @@ impl AgentConn {
 
     /// Reads the next event; a `failed` event or an early exit becomes an error.
     pub fn event(&mut self) -> Result<Event> {
+        // Bytes of `pending` already searched for a newline: each byte is looked at once.
+        let mut scanned = 0;
         loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
+            if let Some(at) = self.pending[scanned..].iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=scanned + at).collect();
                 return match serde_json::from_slice::<Event>(&line) {
                     Ok(Event::Failed(failure)) => Err(Error::Remote {
                         host: self.host.clone(),
@@ -354,6 +362,13 @@ impl AgentConn {
                         Err(self.died(Some(String::from_utf8_lossy(&line).trim().to_owned())))
                     }
                 };
+            }
+            scanned = self.pending.len();
+            if scanned > MAX_EVENT_MIB << 20 {
+                return Err(Error::NotAgentOutput {
+                    host: self.host.clone(),
+                    problem: format!("more than {MAX_EVENT_MIB} MiB without a newline"),
+                });
             }
             let mut buf = [0u8; 8192];
             match self.link.read(&mut buf) {
