@@ -164,11 +164,9 @@ fn ship(
                     status,
                     stderr,
                 }) => {
-                    let err = Error::AgentDied {
-                        status: format!(
-                            "{status}, while switching: the host may serve the old or the new release; check with `dropship releases` and run `dropship rollback` if needed"
-                        ),
+                    let err = Error::DiedSwitching {
                         host,
+                        status,
                         stderr,
                     };
                     failure = failure.or(Some((index, err, conn)));
@@ -332,7 +330,7 @@ fn stage(
     match stage_on(host, connected, shipment, report, true) {
         // A server with `MaxSessions 1` refuses a second channel: the agent has
         // discarded what it got, so upload again, on one channel this time.
-        Err(Error::Ssh { step, .. }) if step == transport::ANOTHER_CHANNEL => {
+        Err(Error::ChannelRefused { .. }) => {
             tracing::warn!(
                 "{host}: the server refused a second SSH channel (`MaxSessions 1`?); uploading again on one"
             );

@@ -107,6 +107,28 @@ pub enum Error {
         status: String,
         stderr: String,
     },
+    /// The bootstrap found no agent of this version on the host (exit 97): it is uploaded next.
+    #[error("the agent is not installed on {host}")]
+    AgentMissing { host: String },
+    /// The agent was uploaded, yet the host still cannot run it.
+    #[error("the agent uploaded to {host} cannot be run")]
+    AgentNotRunnable { host: String },
+    /// The agent stopped in the middle of the switch: the host may serve either release.
+    #[error(
+        "the agent on {host} stopped while switching ({status}): the host may serve the old or the new release{}",
+        stderr_block(stderr)
+    )]
+    DiedSwitching {
+        host: String,
+        status: String,
+        stderr: String,
+    },
+    /// What the host printed as the agent is not dropship's protocol.
+    #[error("the agent on {host} printed {problem}: its output is not dropship's")]
+    NotAgentOutput { host: String, problem: String },
+    /// The server refused a further SSH channel for the upload (`MaxSessions 1`).
+    #[error("{host} refused another SSH channel for the upload: {message}")]
+    ChannelRefused { host: String, message: String },
     /// `doctor` found things to fix.
     #[error("doctor found {problems} thing(s) to fix (see above)")]
     Doctor { problems: usize },
@@ -118,6 +140,15 @@ pub enum Error {
     /// A local failure inside the agent (the agent reports these to the client).
     #[error("{}", .0.message)]
     Agent(Failure),
+}
+
+/// The exit status a failure of `kind`, reported by the agent, ends the client with.
+fn failure_status(kind: FailureKind) -> ExitStatus {
+    match kind {
+        FailureKind::BadInput => ExitStatus::BadInput,
+        FailureKind::Locked => ExitStatus::Locked,
+        FailureKind::Failed => ExitStatus::Failed,
+    }
 }
 
 fn stderr_block(stderr: &str) -> String {
@@ -160,12 +191,17 @@ impl Error {
             | Error::HostKeyRevoked { .. }
             | Error::Key { .. }
             | Error::KeyRejected { .. } => ExitStatus::BadInput,
-            Error::Remote { failure, .. } | Error::Agent(failure) => failure.kind.exit_status(),
+            Error::Remote { failure, .. } | Error::Agent(failure) => failure_status(failure.kind),
             Error::Local { .. }
             | Error::Build { .. }
             | Error::Connect { .. }
             | Error::Ssh { .. }
             | Error::AgentDied { .. }
+            | Error::AgentMissing { .. }
+            | Error::AgentNotRunnable { .. }
+            | Error::DiedSwitching { .. }
+            | Error::NotAgentOutput { .. }
+            | Error::ChannelRefused { .. }
             | Error::Doctor { .. }
             | Error::PutBack(_) => ExitStatus::Failed,
         }
@@ -195,6 +231,11 @@ impl Error {
             Error::KeyRejected { user, .. } => format!(
                 "check that the public half of this key is in ~{user}/.ssh/authorized_keys on the server, that `user` is right, and that the secret holds the whole private key (with its BEGIN/END lines)"
             ),
+            Error::AgentMissing { .. } => "run the deploy again: dropship installs its agent".into(),
+            Error::AgentNotRunnable { .. } => "is `remote-path` on a filesystem mounted `noexec`? Choose a `remote-path` where the deploy user may run programs".into(),
+            Error::DiedSwitching { .. } => "check with `dropship releases` and run `dropship rollback` if needed".into(),
+            Error::NotAgentOutput { .. } => "make sure nothing else answers for the agent: the deploy user's shell start-up files (~/.bashrc, ~/.profile) must print nothing for non-interactive sessions, and `remote-path`/.dropship/bin/ must hold only dropship's agents".into(),
+            Error::ChannelRefused { .. } => "allow more sessions per connection (`MaxSessions` in sshd_config), or set `DROPSHIP_CHANNELS=1`".into(),
             Error::Remote { failure, .. } | Error::Agent(failure) => failure.hint.clone()?,
             Error::PutBack(cause) => cause.hint()?,
             Error::Local { .. } | Error::AgentDied { .. } | Error::Doctor { .. } => return None,

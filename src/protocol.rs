@@ -7,7 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ExitStatus;
 use crate::manifest::Manifest;
 
 /// Bumped on any incompatible change; the agent refuses other versions.
@@ -305,17 +304,6 @@ pub enum FailureKind {
     Failed,
 }
 
-impl FailureKind {
-    /// The exit status the client ends with.
-    pub fn exit_status(self) -> ExitStatus {
-        match self {
-            FailureKind::BadInput => ExitStatus::BadInput,
-            FailureKind::Locked => ExitStatus::Locked,
-            FailureKind::Failed => ExitStatus::Failed,
-        }
-    }
-}
-
 impl Failure {
     /// A failure of the given kind.
     pub fn new(kind: FailureKind, message: impl Into<String>, hint: Option<&str>) -> Self {
@@ -403,6 +391,7 @@ pub fn check_remote_path(path: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use erased::Json as _;
 
     /// The JSON shape is the contract with agents already on servers: pin it.
     #[test]
@@ -420,6 +409,231 @@ mod tests {
         }
         for good in ["/srv/app", "/home/deploy/app", "/var/www/site/"] {
             assert!(check_remote_path(good).is_ok(), "{good}");
+        }
+    }
+
+    /// One value of every request, command and event variant, as `(name, JSON)`.
+    fn wire_examples() -> Vec<(String, String)> {
+        let target = Target {
+            protocol: PROTOCOL_VERSION,
+            root: "/srv/app".into(),
+            by: "ci@runner".into(),
+            lock_timeout_secs: 600,
+            dry_run: false,
+        };
+        let run = RunSpec {
+            app: "app".into(),
+            process_manager: ProcessManager::Pm2,
+            start: "node server.js".into(),
+            strategy: Strategy::BlueGreen,
+            ports: vec![3000, 3001],
+            health_path: "/".into(),
+            health_timeout_secs: 60,
+            nginx_upstream: "/srv/app/.dropship/nginx-upstream.conf".into(),
+            nginx_reload: "sudo -n nginx -s reload".into(),
+        };
+        let manifest: Manifest = serde_json::from_str(
+            r#"{"entries":[{"path":"public","mode":493,"type":"dir"},{"path":"public/a.txt","mode":420,"type":"file","size":2,"hash":"00112233445566778899aabbccddeeff"},{"path":"public/b","mode":511,"type":"symlink","target":"a.txt"}]}"#,
+        )
+        .unwrap();
+        let requests = [
+            Request::Deploy(DeployRequest {
+                target: target.clone(),
+                release: "r2".into(),
+                manifest,
+                shared: vec![".env".into(), "uploads/".into()],
+                keep_releases: 5,
+                idle_timeout_secs: 300,
+                server_dir: ".".into(),
+                run: run.clone(),
+                env: Some("KEY=value\n".into()),
+            }),
+            Request::Rollback(RollbackRequest {
+                target: target.clone(),
+                to: Some("r1".into()),
+                run: RunSpec {
+                    process_manager: ProcessManager::Systemd,
+                    strategy: Strategy::Restart,
+                    ports: vec![3000],
+                    ..run.clone()
+                },
+                run_given: true,
+            }),
+            Request::Releases(target.clone()),
+            Request::Doctor(DoctorRequest {
+                target,
+                run: RunSpec {
+                    process_manager: ProcessManager::None,
+                    ..run
+                },
+            }),
+        ];
+        let commands = [
+            Command::Stream { parts: 2 },
+            Command::Activate,
+            Command::Commit,
+            Command::Revert,
+        ];
+        let events = [
+            Event::Hello {
+                version: "0.1.0".into(),
+                protocol: PROTOCOL_VERSION,
+            },
+            Event::Waiting {
+                holder: "alice@laptop (deploying r1)".into(),
+                waited_secs: 5,
+            },
+            Event::Ready {
+                send: Some(vec![1, 4]),
+                free_bytes: 1 << 30,
+                live: Some("r1".into()),
+                join: Some(Join {
+                    socket: "/srv/app/.dropship/part-42.sock".into(),
+                    token: "f00d".into(),
+                }),
+            },
+            Event::Plan {
+                live: None,
+                would_prune: vec!["r0".into()],
+                free_bytes: 1 << 30,
+            },
+            Event::Staged {
+                files: 3,
+                reused: 1,
+                bytes: 2,
+                path: "/srv/app/releases/r2".into(),
+            },
+            Event::Progress {
+                message: "healthy on port 3001".into(),
+            },
+            Event::Activated {
+                release: "r2".into(),
+                previous: Some("r1".into()),
+            },
+            Event::Reverted {
+                live: Some("r1".into()),
+            },
+            Event::Done {
+                pruned: vec!["r0".into()],
+                peak_rss_bytes: 10 << 20,
+            },
+            Event::Checks {
+                checks: vec![Check {
+                    name: "node".into(),
+                    ok: false,
+                    detail: "not found".into(),
+                    fix: Some("install Node.js".into()),
+                }],
+            },
+            Event::Releases {
+                releases: vec![ReleaseInfo {
+                    release: "r1".into(),
+                    created: 1_700_000_000,
+                    files: 3,
+                    bytes: 2,
+                    live: true,
+                }],
+            },
+            Event::Failed(Failure::new(
+                FailureKind::BadInput,
+                "release `r1` already exists",
+                Some("give another `release`"),
+            )),
+            Event::Failed(Failure::new(FailureKind::Locked, "held", None)),
+            Event::Failed(Failure::new(FailureKind::Failed, "boom", None)),
+        ];
+        let json = |value: &dyn erased::Json| value.json();
+        let mut examples = Vec::new();
+        for request in &requests {
+            examples.push((format!("request {}", request_name(request)), json(request)));
+        }
+        for command in &commands {
+            examples.push((format!("command {}", command_name(command)), json(command)));
+        }
+        for event in &events {
+            examples.push((format!("event {}", event_name(event)), json(event)));
+        }
+        examples
+    }
+
+    /// Serialising through one signature for the three message types.
+    mod erased {
+        pub trait Json {
+            fn json(&self) -> String;
+        }
+        impl<T: serde::Serialize> Json for T {
+            fn json(&self) -> String {
+                serde_json::to_string(self).unwrap()
+            }
+        }
+    }
+
+    // Exhaustive matches: a new variant does not compile until it is named here; give
+    // it an example in `wire_examples` too, so that the snapshot holds it.
+    fn request_name(request: &Request) -> &'static str {
+        match request {
+            Request::Deploy(_) => "deploy",
+            Request::Rollback(_) => "rollback",
+            Request::Releases(_) => "releases",
+            Request::Doctor(_) => "doctor",
+        }
+    }
+
+    fn command_name(command: &Command) -> &'static str {
+        match command {
+            Command::Stream { .. } => "stream",
+            Command::Activate => "activate",
+            Command::Commit => "commit",
+            Command::Revert => "revert",
+        }
+    }
+
+    fn event_name(event: &Event) -> &'static str {
+        match event {
+            Event::Hello { .. } => "hello",
+            Event::Waiting { .. } => "waiting",
+            Event::Ready { .. } => "ready",
+            Event::Plan { .. } => "plan",
+            Event::Staged { .. } => "staged",
+            Event::Progress { .. } => "progress",
+            Event::Activated { .. } => "activated",
+            Event::Reverted { .. } => "reverted",
+            Event::Done { .. } => "done",
+            Event::Checks { .. } => "checks",
+            Event::Releases { .. } => "releases",
+            Event::Failed(_) => "failed",
+        }
+    }
+
+    const SNAPSHOT: &str = "src/protocol.wire.txt";
+
+    /// The whole wire format (every message variant as JSON) is the contract with agents
+    /// already on servers: compared with the committed [`SNAPSHOT`]. A change must be
+    /// compatible or bump [`PROTOCOL_VERSION`]; then `DROPSHIP_BLESS=1 cargo test --lib
+    /// wire_format` rewrites the file, and its diff shows the change.
+    #[test]
+    fn wire_format_matches_the_snapshot() {
+        let text: String = wire_examples()
+            .iter()
+            .map(|(name, json)| format!("{name}\n{json}\n\n"))
+            .collect();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(SNAPSHOT);
+        if std::env::var_os("DROPSHIP_BLESS").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == text,
+            "the wire format changed (protocol {PROTOCOL_VERSION}); if that is meant, bump PROTOCOL_VERSION when it is incompatible and run `DROPSHIP_BLESS=1 cargo test --lib wire_format`. Now:\n{text}"
+        );
+        // Every snapshot line parses back into the same message.
+        for (name, json) in wire_examples() {
+            let back = match name.split(' ').next() {
+                Some("request") => serde_json::from_str::<Request>(&json).map(|m| m.json()),
+                Some("command") => serde_json::from_str::<Command>(&json).map(|m| m.json()),
+                _ => serde_json::from_str::<Event>(&json).map(|m| m.json()),
+            };
+            assert_eq!(back.unwrap(), json, "{name}");
         }
     }
 

@@ -476,3 +476,67 @@ fn a_host_that_refuses_the_connection() {
         ),
     );
 }
+/// Issue 10, defect 10b: a host whose "agent" prints without end and never a newline
+/// (not dropship: a shell start-up file, another program) must not fill the client's
+/// memory. The client gives up after a bounded line, naming the host.
+#[test]
+fn a_host_whose_agent_prints_endlessly_without_a_newline() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let key = text(&sshd.user_key_path());
+    let fingerprint = sshd.host_fingerprint();
+    let args = ["--key-file", &key, "--host-fingerprint", &fingerprint];
+    assert_eq!(ssh_deploy(&sshd, work.path(), &args).code, 0);
+    let bin = work.path().join("srv/.dropship/bin");
+    let agent = fs::read_dir(&bin)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .next()
+        .expect("the installed agent");
+    fs::write(
+        &agent,
+        "#!/bin/sh\nwhile :; do head -c 262144 /dev/zero | tr '\\0' x; sleep 0.01; done\n",
+    )
+    .unwrap();
+
+    let app = fixture::nextjs_app(work.path(), "v2");
+    let child = Test::new()
+        .args(["deploy", "--process-manager", "none", "--release", "r2"])
+        .args(["--host", &sshd.host_spec(), "--remote-path"])
+        .arg(work.path().join("srv"))
+        .arg("--working-directory")
+        .arg(&app)
+        .args(args)
+        .env(
+            "DROPSHIP_AGENT_BINARY",
+            &process::lean_agent().display().to_string(),
+        )
+        .spawn();
+    let mut watched = process::Watched::new(child);
+    let ended = watched.wait(std::time::Duration::from_secs(60));
+    let stderr: String = watched
+        .stderr()
+        .lines()
+        .map(|line| format!("{}\n", line.split_once("] ").map_or(line, |(_, l)| l)))
+        .collect();
+    let out = Output {
+        code: match ended {
+            process::Ended::Exited(code) => code,
+            process::Ended::Killed => -1,
+        },
+        stdout: watched.stdout(),
+        stderr,
+    };
+    let host = sshd.host_spec();
+    assert_stderr(
+        &out,
+        1,
+        &[(&text(work.path()), "WORK"), (&host, "HOST")],
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
+            "error: the agent on [HOST] printed more than 4 MiB without a newline: its output is not dropship's\n",
+            "  hint: make sure nothing else answers for the agent: the deploy user's shell start-up files (~/.bashrc, ~/.profile) must print nothing for non-interactive sessions, and `remote-path`/.dropship/bin/ must hold only dropship's agents\n",
+        ),
+    );
+    assert!(!work.path().join("srv/releases/r2").exists());
+}

@@ -168,8 +168,9 @@ fn a_host_failing_to_switch_puts_the_switched_hosts_back_in_both_rollouts() {
 }
 
 #[test]
+#[ignore = "needs root: several hosts on one machine, a mount namespace each"]
 fn a_later_batch_failing_to_stage_puts_the_first_back_and_exits_1() {
-    let Some(fleet) = Fleet::new(2) else { return };
+    let fleet = Fleet::new(2);
     share_key(&fleet);
     let v1 = fixture::nextjs_app(fleet.work.path(), "v1");
     let v2 = fixture::nextjs_app(fleet.work.path(), "v2");

@@ -20,6 +20,12 @@ const REQUEST_LEVEL: i32 = 9;
 /// Exit status of the bootstrap command when the agent is not installed yet.
 pub const AGENT_MISSING: i32 = 97;
 
+/// The longest event line the client reads, in MiB. The largest real one, a `ready`
+/// naming the files to send, takes 1 MiB for 150,000 files; a host that prints more
+/// without a newline is not speaking dropship's protocol, and must not fill the
+/// client's memory.
+const MAX_EVENT_MIB: usize = 4;
+
 /// A request as the agent reads it: a `zstd <length>` line, then one zstd frame
 /// holding the JSON (a deploy request carries the whole manifest, which
 /// dominates the bytes of a small redeploy).
@@ -45,9 +51,10 @@ fn report_progress(
         let elapsed = started.elapsed();
         if elapsed >= next {
             let bytes = sent.load(Ordering::Relaxed) - before;
+            // As `report::mb` writes it; transport does not depend on `report`.
             tracing::info!(
-                "{host}: uploading: {} sent ({:.1} MB/s)",
-                crate::report::mb(bytes),
+                "{host}: uploading: {:.1} MB sent ({:.1} MB/s)",
+                bytes as f64 / 1e6,
                 bytes as f64 / 1e6 / elapsed.as_secs_f64()
             );
             next += PROGRESS_EVERY;
@@ -75,10 +82,6 @@ pub trait Link: Read + Write + Send {
         Duration::ZERO
     }
 }
-
-/// The step of the error when the server refuses a further upload channel
-/// (`MaxSessions 1`); the deploy then uploads again on one.
-pub const ANOTHER_CHANNEL: &str = "opening another channel for the upload";
 
 /// Uncompressed bytes per part below which another channel does not pay.
 const BYTES_PER_PART: u64 = 8 << 20;
@@ -316,14 +319,12 @@ impl AgentConn {
                 (None, _) => &mut *self.link,
                 (Some(i), Some(join)) => {
                     while extra.len() <= i {
-                        let mut link =
-                            self.link
-                                .open_part(&join.socket)
-                                .map_err(|err| Error::Ssh {
-                                    host: self.host.clone(),
-                                    step: ANOTHER_CHANNEL,
-                                    message: err.to_string(),
-                                })?;
+                        let mut link = self.link.open_part(&join.socket).map_err(|err| {
+                            Error::ChannelRefused {
+                                host: self.host.clone(),
+                                message: err.to_string(),
+                            }
+                        })?;
                         let header = format!("{}\n", join.token);
                         link.write_all(header.as_bytes())
                             .map_err(|err| self.write_failed(&err))?;
@@ -343,9 +344,11 @@ impl AgentConn {
 
     /// Reads the next event; a `failed` event or an early exit becomes an error.
     pub fn event(&mut self) -> Result<Event> {
+        // Bytes of `pending` already searched for a newline: each byte is looked at once.
+        let mut scanned = 0;
         loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
+            if let Some(at) = self.pending[scanned..].iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=scanned + at).collect();
                 return match serde_json::from_slice::<Event>(&line) {
                     Ok(Event::Failed(failure)) => Err(Error::Remote {
                         host: self.host.clone(),
@@ -359,6 +362,13 @@ impl AgentConn {
                         Err(self.died(Some(String::from_utf8_lossy(&line).trim().to_owned())))
                     }
                 };
+            }
+            scanned = self.pending.len();
+            if scanned > MAX_EVENT_MIB << 20 {
+                return Err(Error::NotAgentOutput {
+                    host: self.host.clone(),
+                    problem: format!("more than {MAX_EVENT_MIB} MiB without a newline"),
+                });
             }
             let mut buf = [0u8; 8192];
             match self.link.read(&mut buf) {
@@ -411,13 +421,15 @@ impl AgentConn {
         if let Some(line) = garbage {
             stderr = format!("{line}\n{stderr}");
         }
+        let host = self.host.clone();
+        let status = match status {
+            Some(AGENT_MISSING) => return Error::AgentMissing { host },
+            Some(code) => format!("exit status {code}"),
+            None => "killed, or the connection dropped".into(),
+        };
         Error::AgentDied {
-            host: self.host.clone(),
-            status: match status {
-                Some(AGENT_MISSING) => "agent missing".into(),
-                Some(code) => format!("exit status {code}"),
-                None => "killed, or the connection dropped".into(),
-            },
+            host,
+            status,
             stderr,
         }
     }

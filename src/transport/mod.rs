@@ -10,7 +10,7 @@ mod ssh;
 
 use std::fmt;
 
-pub use conn::{ANOTHER_CHANNEL, AgentConn, encode_request};
+pub use conn::{AgentConn, encode_request};
 pub use hostkey::Pinning;
 pub use keys::PrivateKey;
 pub use ssh::AgentBinary;

@@ -144,7 +144,7 @@ impl Connected {
         let agent = agent.get()?;
         let bin = agent.remote_path(remote_path);
         match start(&session, &label, &bin, request) {
-            Err(Error::AgentDied { status, .. }) if status == "agent missing" => {}
+            Err(Error::AgentMissing { .. }) => {}
             other => return other.map(Opened::Ready),
         }
         if dry_run {
@@ -162,11 +162,7 @@ impl Connected {
             conn
         });
         match started {
-            Err(Error::AgentDied { host, status, .. }) if status == "agent missing" => Err(Error::AgentDied {
-                host,
-                status,
-                stderr: "the uploaded agent cannot be run: is `remote-path` on a filesystem mounted `noexec`?".into(),
-            }),
+            Err(Error::AgentMissing { host }) => Err(Error::AgentNotRunnable { host }),
             other => other.map(Opened::Ready),
         }
     }
