@@ -26,3 +26,5 @@ mod package;
 mod action;
 // Issue 6: cut connections, killed clients and agents, full disks, hostile input.
 mod faults;
+// Issue 10: errors after the switch, an out-of-date PM2, damaged port lists.
+mod switch;
