@@ -95,6 +95,14 @@ impl<'a> Activator<'a> {
         let Some(pm) = self.supervisor.as_deref() else {
             return self.store.switch(&switch.release);
         };
+        if !switch.healthy {
+            // `restart` died before its release was healthy: what `current` names runs again.
+            let back = match self.store.live() {
+                Some(live) => self.activate(&live, None, progress),
+                None => self.stop_all(),
+            };
+            return back.and_then(|()| self.store.mark_switch(None));
+        }
         if self.run.strategy == Strategy::BlueGreen {
             self.switch_upstream(switch.port)?;
         }
@@ -103,12 +111,19 @@ impl<'a> Activator<'a> {
         Ok(())
     }
 
-    /// Records that `release`, healthy on `port`, is about to take over.
-    fn mark(&self, release: &str, port: u16, old_port: Option<u16>) -> Result<Switch> {
+    /// Records that `release`, on `port`, is about to take over.
+    fn mark(
+        &self,
+        release: &str,
+        port: u16,
+        old_port: Option<u16>,
+        healthy: bool,
+    ) -> Result<Switch> {
         let switch = Switch {
             release: release.to_owned(),
             port,
             old_port,
+            healthy,
             run: self.run.clone(),
         };
         self.store.mark_switch(Some(&switch))?;
@@ -172,10 +187,12 @@ impl<'a> Activator<'a> {
     ) -> Result<()> {
         let name = &self.run.app;
         let port = self.run.ports[0];
-        pm.delete(name)?;
-        let switched = check_port_free(port)
+        self.mark(release, port, None, false)?;
+        let switched = pm
+            .delete(name)
+            .and_then(|()| check_port_free(port))
             .and_then(|()| self.start_checked(pm, name, release, port, progress))
-            .and_then(|()| self.mark(release, port, None))
+            .and_then(|()| self.mark(release, port, None, true))
             .and_then(|switch| self.store.switch(release).map(|()| switch));
         let failure = match switched {
             Ok(switch) => {
@@ -218,7 +235,7 @@ impl<'a> Activator<'a> {
         check_port_free(port)?;
         let switch = self
             .start_checked(pm, &name, release, port, progress)
-            .and_then(|()| self.mark(release, port, live_port));
+            .and_then(|()| self.mark(release, port, live_port, true));
         let switch = match switch.and_then(|switch| self.switch_upstream(port).map(|()| switch)) {
             Ok(switch) => switch,
             Err(failure) => {

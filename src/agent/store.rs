@@ -63,8 +63,12 @@ pub struct State {
 pub struct Switch {
     /// The release taking over.
     pub release: String,
-    /// The port it already serves on, healthy.
+    /// The port it serves on.
     pub port: u16,
+    /// Whether it passed its health check there. `restart` records the switch
+    /// before it stops the old process; until the new one is healthy, finishing
+    /// means starting the release `current` names again.
+    pub healthy: bool,
     /// The port that served before (`blue-green`), whose process goes at the end.
     pub old_port: Option<u16>,
     /// How it runs.
