@@ -274,3 +274,50 @@ fn a_failing_env_restore_keeps_the_activation_error_and_the_clean_up() {
     assert!(site.answer().starts_with("v3 one"), "{}", site.answer());
     assert!(!site.remote.join(".dropship/env.before").exists());
 }
+
+/// A healthy release whose start makes `.dropship/state.json` immutable: the
+/// agent cannot record the live port after nginx moved to it.
+fn app_that_locks_the_state(site: &Site) -> std::path::PathBuf {
+    let app = site.app("v2", Behaviour::Healthy);
+    let server = app.join(".next/standalone/server.js");
+    let healthy = fs::read_to_string(&server).unwrap();
+    fs::write(
+        &server,
+        format!(
+            "require('child_process').execSync('chattr +i ' + require('path').resolve('../../.dropship/state.json'));\n{healthy}"
+        ),
+    )
+    .unwrap();
+    app
+}
+
+#[test]
+fn blue_green_finishes_the_switch_when_the_state_cannot_be_written_after_nginx_moved() {
+    let site = Site::new(true);
+    site.deploy(&site.app("v1", Behaviour::Healthy), "r1")
+        .success();
+    let out = site
+        .deploy(&app_that_locks_the_state(&site), "r2")
+        .success();
+    let state = site.remote.join(".dropship/state.json");
+    let unlocked = Command::new("chattr").arg("-i").arg(&state).status();
+    assert!(unlocked.unwrap().success());
+    assert_contains(
+        &out,
+        "warning: r2 is live, but recording its port failed; the next deploy finishes the switch: cannot rename",
+    );
+    assert_eq!(site.live(), "releases/r2");
+    assert!(site.answer().starts_with("v2"), "{}", site.answer());
+    // The next deploy finishes the switch first (the live port), then lands on the other port.
+    let out = site
+        .deploy(&site.app("v3", Behaviour::Healthy), "r3")
+        .success();
+    assert_contains(
+        &out,
+        "an earlier deploy left its switch to r2 unfinished; finishing it",
+    );
+    assert_eq!(site.live(), "releases/r3");
+    assert!(site.answer().starts_with("v3"), "{}", site.answer());
+    assert_eq!(site.process_names(), [format!("site-{}", site.ports.0)]);
+    assert!(!site.remote.join(".dropship/pending").exists());
+}

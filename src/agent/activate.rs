@@ -89,7 +89,7 @@ impl<'a> Activator<'a> {
         progress: &mut dyn FnMut(String),
     ) -> Result<()> {
         progress(format!(
-            "an earlier deploy died while switching to {}; finishing that switch",
+            "an earlier deploy left its switch to {} unfinished; finishing it",
             switch.release
         ));
         let Some(pm) = self.supervisor.as_deref() else {
