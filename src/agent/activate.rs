@@ -92,6 +92,10 @@ impl<'a> Activator<'a> {
             "an earlier deploy left its switch to {} unfinished; finishing it",
             switch.release
         ));
+        if !self.store.has_release(&switch.release) {
+            progress(format!("{} is gone; nothing to finish", switch.release));
+            return self.store.mark_switch(None);
+        }
         let Some(pm) = self.supervisor.as_deref() else {
             return self.store.switch(&switch.release);
         };

@@ -782,3 +782,94 @@ fn free_bytes_at(dir: &Path) -> Option<u64> {
     let stat = unsafe { stat.assume_init() };
     Some(stat.f_bavail * stat.f_frsize)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(&dir.path().join("app").display().to_string()).unwrap();
+        store.create_layout().unwrap();
+        (dir, store)
+    }
+
+    fn release(store: &Store, id: &str) {
+        fs::create_dir_all(store.release_dir(id)).unwrap();
+    }
+
+    #[test]
+    fn recovery_removes_a_pending_release_that_never_went_live_and_puts_its_env_back() {
+        let (_dir, store) = store();
+        release(&store, "r1");
+        store.switch("r1").unwrap();
+        fs::write(store.env_file(), "A=old\n").unwrap();
+        release(&store, "r2");
+        store.set_pending(Some("r2")).unwrap();
+        store.replace_env("r2", "A=new\n").unwrap();
+        store.recover("test").unwrap();
+        assert!(!store.has_release("r2"));
+        assert_eq!(fs::read_to_string(store.env_file()).unwrap(), "A=old\n");
+        assert!(!store.env_backup().exists());
+        assert!(!store.pending_path().exists());
+    }
+
+    #[test]
+    fn recovery_keeps_a_pending_release_that_went_live_with_its_env() {
+        let (_dir, store) = store();
+        release(&store, "r1");
+        store.set_pending(Some("r1")).unwrap();
+        store.replace_env("r1", "A=new\n").unwrap();
+        store.switch("r1").unwrap();
+        store.recover("test").unwrap();
+        assert!(store.has_release("r1"));
+        assert_eq!(fs::read_to_string(store.env_file()).unwrap(), "A=new\n");
+        assert!(!store.env_backup().exists());
+        let log = fs::read_to_string(store.dot().join("releases.log")).unwrap();
+        assert!(log.contains("\"op\":\"recover\""), "{log}");
+    }
+
+    #[test]
+    fn an_env_that_did_not_exist_is_removed_again() {
+        let (_dir, store) = store();
+        store.replace_env("r1", "A=new\n").unwrap();
+        store.put_env_back().unwrap();
+        assert!(!store.env_file().exists());
+    }
+
+    #[test]
+    fn a_pending_mark_of_an_older_agent_is_the_bare_release_id() {
+        let (_dir, store) = store();
+        release(&store, "r1");
+        fs::write(store.pending_path(), "r1\n").unwrap();
+        assert!(store.interrupted_switch().is_none());
+        store.recover("test").unwrap();
+        assert!(!store.has_release("r1"));
+    }
+
+    #[test]
+    fn a_recorded_switch_survives_clearing_the_pending_release_and_protects_its_release() {
+        let (_dir, store) = store();
+        release(&store, "r2");
+        store.set_pending(Some("r2")).unwrap();
+        let switch = Switch {
+            release: "r2".into(),
+            port: 3001,
+            old_port: Some(3000),
+            healthy: true,
+            run: serde_json::from_value(serde_json::json!({
+                "app": "app", "process_manager": "pm2", "start": "node server.js",
+                "strategy": "blue-green", "ports": [3000, 3001], "health_path": "/",
+                "health_timeout_secs": 5, "nginx_upstream": "/tmp/u.conf", "nginx_reload": "true",
+            }))
+            .unwrap(),
+        };
+        store.mark_switch(Some(&switch)).unwrap();
+        store.set_pending(None).unwrap();
+        assert_eq!(store.interrupted_switch().unwrap().port, 3001);
+        assert!(store.serves("r2"));
+        store.mark_switch(None).unwrap();
+        assert!(!store.pending_path().exists());
+        assert!(!store.serves("r2"));
+    }
+}
