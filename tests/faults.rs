@@ -72,6 +72,8 @@ struct Tally {
     /// The client could not know the outcome (the agent died, or it was
     /// killed, during the switch) and the new release was live.
     unknown_new_live: usize,
+    /// `current` was still on the old release, and the next agent finished the switch.
+    finished_by_next_agent: usize,
 }
 
 /// How the trial site runs its app.
@@ -491,6 +493,9 @@ impl Site {
                 "nginx served {release}, but the next agent found {reconciled} live\n{context}"
             );
         }
+        if reconciled == release && now == old {
+            tally.finished_by_next_agent += 1;
+        }
         let env_now = fs::read_to_string(self.remote.join("shared/.env")).unwrap();
         let env_wanted = if reconciled == release {
             env.clone()
@@ -587,13 +592,14 @@ fn never_live(remote: &Path) -> Vec<String> {
 fn report(name: &str, tally: &Tally) {
     eprintln!(
         "{name}: seed {SEED:#x}: {} trials, {} faults fired, {} survived; afterwards old release live {}, new {} \
-         (new live where the client could not know: {})",
+         (new live where the client could not know: {}; switches the next agent finished: {})",
         tally.trials,
         tally.fired,
         tally.survived,
         tally.old_live,
         tally.new_live,
-        tally.unknown_new_live
+        tally.unknown_new_live,
+        tally.finished_by_next_agent
     );
 }
 
