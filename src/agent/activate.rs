@@ -81,8 +81,9 @@ impl<'a> Activator<'a> {
         pm.save()
     }
 
-    /// Finishes a switch a dead agent left half-done (see [`Switch`]): its
-    /// release was healthy on its port before anything moved.
+    /// Finishes a switch an earlier agent left half-done (see [`Switch`]): a
+    /// release that was healthy takes over (upstream, `current`, live port, old
+    /// process); with `restart` before that, the release `current` names starts again.
     pub fn finish_interrupted(
         &self,
         switch: &Switch,
