@@ -39,3 +39,5 @@ mod action;
 mod faults;
 // The whole text of the commonest failures, pinned.
 mod errors;
+// Issue 10: errors after the switch, an out-of-date PM2, damaged port lists.
+mod switch;

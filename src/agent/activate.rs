@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::health::{self, Probe};
 use super::pm2::Pm2;
-use super::store::{self, Store};
+use super::store::{self, Store, Switch};
 use super::supervisor::{Launch, Supervisor};
 use super::systemd::Systemd;
 use super::tools;
@@ -48,20 +48,24 @@ impl<'a> Activator<'a> {
     }
 
     /// Makes `release` live while `previous` is. `progress` hears about each step.
+    ///
+    /// An error means nothing moved: traffic and `current` stay on `previous`.
+    /// Once they moved, the switch is finished and what fails after becomes a warning.
     pub fn activate(
         &self,
         release: &str,
         previous: Option<&str>,
         progress: &mut dyn FnMut(String),
     ) -> Result<()> {
-        if let Some(warning) = self.supervisor.as_deref().and_then(|pm| pm.warning()) {
-            progress(warning);
-        }
-        match (self.supervisor.as_deref(), self.run.strategy) {
+        let result = match (self.supervisor.as_deref(), self.run.strategy) {
             (None, _) => self.store.switch(release),
             (Some(pm), Strategy::Restart) => self.restart(pm, release, previous, progress),
             (Some(pm), Strategy::BlueGreen) => self.blue_green(pm, release, progress),
+        };
+        if let Some(warning) = self.supervisor.as_deref().and_then(|pm| pm.warning()) {
+            progress(warning);
         }
+        result
     }
 
     /// Stops whatever runs `release` (used when a first deploy is reverted).
@@ -77,6 +81,106 @@ impl<'a> Activator<'a> {
         pm.save()
     }
 
+    /// Finishes a switch an earlier agent left half-done (see [`Switch`]): a
+    /// release that was healthy takes over (upstream, `current`, live port, old
+    /// process); with `restart` before that, the release `current` names starts again.
+    pub fn finish_interrupted(
+        &self,
+        switch: &Switch,
+        progress: &mut dyn FnMut(String),
+    ) -> Result<()> {
+        progress(format!(
+            "an earlier deploy left its switch to {} unfinished; finishing it",
+            switch.release
+        ));
+        if !self.store.has_release(&switch.release) {
+            progress(format!("{} is gone; nothing to finish", switch.release));
+            return self.store.mark_switch(None);
+        }
+        let Some(pm) = self.supervisor.as_deref() else {
+            return self.store.switch(&switch.release);
+        };
+        if !switch.healthy {
+            // `restart` died before its release was healthy: what `current` names runs again.
+            let back = match self.store.live() {
+                Some(live) => self.activate(&live, None, progress),
+                None => self.stop_all(),
+            };
+            return back.and_then(|()| self.store.mark_switch(None));
+        }
+        if self.run.strategy == Strategy::BlueGreen {
+            self.switch_upstream(switch.port)?;
+        }
+        self.store.switch(&switch.release)?;
+        self.finish(pm, switch, progress);
+        Ok(())
+    }
+
+    /// Records that `release`, on `port`, is about to take over.
+    fn mark(
+        &self,
+        release: &str,
+        port: u16,
+        old_port: Option<u16>,
+        healthy: bool,
+    ) -> Result<Switch> {
+        let switch = Switch {
+            release: release.to_owned(),
+            port,
+            old_port,
+            healthy,
+            run: self.run.clone(),
+        };
+        self.store.mark_switch(Some(&switch))?;
+        Ok(switch)
+    }
+
+    /// The steps after traffic and `current` moved to `switch.release`: none
+    /// undoes the switch, so a failure is a warning. The mark stays when the
+    /// state could not be written, so that the next agent finishes the switch.
+    fn finish(&self, pm: &dyn Supervisor, switch: &Switch, progress: &mut dyn FnMut(String)) {
+        let release = &switch.release;
+        let mut problems = Vec::new();
+        if self.run.strategy == Strategy::BlueGreen {
+            let port = switch.port;
+            if let Err(err) = self
+                .store
+                .update_state(|state| state.live_port = Some(port))
+            {
+                problems.push((
+                    "recording its port failed; the next deploy finishes the switch",
+                    err,
+                ));
+            }
+        }
+        let finished = problems.is_empty();
+        if let Some(old) = switch.old_port.filter(|old| *old != switch.port) {
+            let took = drain(old);
+            progress(format!(
+                "port {old} drained in {:.1} s; stopping the old release",
+                took.as_secs_f64()
+            ));
+            if let Err(err) = pm.delete(&format!("{}-{old}", self.run.app)) {
+                problems.push((
+                    "stopping the old release failed; the next deploy stops it",
+                    err,
+                ));
+            }
+        }
+        if let Err(err) = pm.save() {
+            problems.push((
+                "`pm2 save` failed: PM2 will not bring it back after a reboot",
+                err,
+            ));
+        }
+        if finished && let Err(err) = self.store.mark_switch(None) {
+            problems.push(("clearing the switch mark failed", err));
+        }
+        for (step, err) in problems {
+            progress(format!("warning: {release} is live, but {step}: {err}"));
+        }
+    }
+
     /// Stops the old process, starts the new release on the same port, and
     /// switches `current` once it is healthy; on failure starts the previous one again.
     fn restart(
@@ -88,12 +192,19 @@ impl<'a> Activator<'a> {
     ) -> Result<()> {
         let name = &self.run.app;
         let port = self.run.ports[0];
-        pm.delete(name)?;
-        let started = check_port_free(port)
-            .and_then(|()| self.start_checked(pm, name, release, port, progress));
-        let Err(failure) = started else {
-            self.store.switch(release)?;
-            return pm.save();
+        self.mark(release, port, None, false)?;
+        let switched = pm
+            .delete(name)
+            .and_then(|()| check_port_free(port))
+            .and_then(|()| self.start_checked(pm, name, release, port, progress))
+            .and_then(|()| self.mark(release, port, None, true))
+            .and_then(|switch| self.store.switch(release).map(|()| switch));
+        let failure = match switched {
+            Ok(switch) => {
+                self.finish(pm, &switch, progress);
+                return Ok(());
+            }
+            Err(failure) => failure,
         };
         let _ = pm.delete(name);
         if let Some(previous) = previous {
@@ -104,6 +215,7 @@ impl<'a> Activator<'a> {
                 ));
             }
         }
+        let _ = self.store.mark_switch(None);
         let _ = pm.save();
         Err(failure)
     }
@@ -126,27 +238,50 @@ impl<'a> Activator<'a> {
         let name = format!("{app}-{port}");
         pm.delete(&name)?;
         check_port_free(port)?;
-        if let Err(failure) = self.start_checked(pm, &name, release, port, progress) {
-            let _ = pm.delete(&name);
-            return Err(failure);
-        }
-        if let Err(failure) = self.switch_upstream(port) {
-            let _ = pm.delete(&name);
-            return Err(failure);
-        }
+        let switch = self
+            .start_checked(pm, &name, release, port, progress)
+            .and_then(|()| self.mark(release, port, live_port, true));
+        let switch = match switch.and_then(|switch| self.switch_upstream(port).map(|()| switch)) {
+            Ok(switch) => switch,
+            Err(failure) => {
+                let _ = pm.delete(&name);
+                let _ = self.store.mark_switch(None);
+                return Err(failure);
+            }
+        };
         progress(format!("nginx sends new requests to port {port}"));
-        self.store.switch(release)?;
-        self.store
-            .update_state(|state| state.live_port = Some(port))?;
-        if let Some(old) = live_port.filter(|old| *old != port) {
-            let took = drain(old);
-            progress(format!(
-                "port {old} drained in {:.1} s; stopping the old release",
-                took.as_secs_f64()
-            ));
-            pm.delete(&format!("{app}-{old}"))?;
+        if let Err(failure) = self.store.switch(release) {
+            return Err(self.put_upstream_back(pm, &name, live_port, failure));
         }
-        pm.save()
+        self.finish(pm, &switch, progress);
+        Ok(())
+    }
+
+    /// After `current` could not follow nginx to the new port: nginx goes back
+    /// to `old` and the new process stops. If nginx cannot go back, the switch
+    /// mark stays, and the next agent finishes the switch instead.
+    fn put_upstream_back(
+        &self,
+        pm: &dyn Supervisor,
+        name: &str,
+        old: Option<u16>,
+        failure: Error,
+    ) -> Error {
+        let back = match old {
+            Some(old) => self.switch_upstream(old),
+            None => Ok(()),
+        };
+        match back {
+            Ok(()) => {
+                let _ = pm.delete(name);
+                let _ = self.store.mark_switch(None);
+                failure
+            }
+            Err(again) => failed(
+                format!("{failure}; putting nginx back failed too: {again}"),
+                Some("the new release serves; the next deploy or rollback finishes the switch"),
+            ),
+        }
     }
 
     /// Starts `release` as process `name` on `port` and waits until it answers.
@@ -218,6 +353,30 @@ impl<'a> Activator<'a> {
         }
         reloaded
     }
+}
+
+/// Whether `run` names the ports its strategy needs: a client of another
+/// version, or a damaged `state.json`, may not.
+pub fn check_ports(run: &RunSpec) -> std::result::Result<(), String> {
+    let (strategy, wanted) = match run.strategy {
+        Strategy::Restart => ("restart", 1),
+        Strategy::BlueGreen => ("blue-green", 2),
+    };
+    let distinct: std::collections::BTreeSet<_> = run.ports.iter().collect();
+    if run.process_manager == ProcessManager::None
+        || (run.ports.len() == wanted && distinct.len() == wanted)
+    {
+        return Ok(());
+    }
+    let got = if run.ports.is_empty() {
+        "none".to_owned()
+    } else {
+        let ports: Vec<String> = run.ports.iter().map(u16::to_string).collect();
+        ports.join(",")
+    };
+    Err(format!(
+        "the `{strategy}` strategy needs {wanted} distinct port(s), got {got}"
+    ))
 }
 
 /// The nginx `upstream` block for the live port.

@@ -182,7 +182,7 @@ impl<W: Write> Session<W> {
             &request.target,
             &format!("deploying {}", request.release),
         )?;
-        store.recover()?;
+        self.recover(&store, &request.target.by)?;
         if store.has_release(&request.release) {
             return Err(bad_input(format!("release `{}` already exists on this host", request.release))
                 .with_hint("deploy with another `release` id, or roll back to it with `dropship rollback --to`"));
@@ -286,7 +286,6 @@ impl<W: Write> Session<W> {
         staging: &Path,
     ) -> Result<()> {
         let previous = store.live();
-        let by = &request.target.by;
         if self.read::<Command>().ok().flatten() != Some(Command::Activate) {
             return Err(failed(
                 "the client withdrew before activation; the release was discarded".into(),
@@ -303,49 +302,104 @@ impl<W: Write> Session<W> {
             &request.server_dir,
         )?;
         // The new runtime env goes in just before the new release starts, and back out if it fails.
-        let env_before = match &request.env {
-            Some(text) => Some(store.replace_env(text)?),
-            None => None,
-        };
-        let put_env_back = |store: &Store, before: Option<Option<Vec<u8>>>| match before {
-            Some(before) => store.restore_env(before),
+        let activated = match &request.env {
+            Some(text) => store.replace_env(&request.release, text).map(|()| {
+                self.progress()("wrote the new runtime env to shared/.env".into());
+            }),
             None => Ok(()),
-        };
-        if let Err(err) =
+        }
+        .and_then(|()| {
             activator.activate(&request.release, previous.as_deref(), &mut self.progress())
-        {
-            put_env_back(store, env_before)?;
-            store.discard(&request.release)?;
-            return Err(err);
+        });
+        if let Err(err) = activated {
+            let problems = undo(store, &request.release);
+            return Err(err.also(&problems));
         }
         let told = self.emit(&Event::Activated {
             release: request.release.clone(),
             previous: previous.clone(),
         });
         if told.is_err() || self.read::<Command>().ok().flatten() != Some(Command::Commit) {
-            put_env_back(store, env_before)?;
-            match &previous {
-                Some(previous) => {
-                    activator.activate(previous, Some(&request.release), &mut self.progress())?
-                }
-                None => {
-                    activator.stop_all()?;
-                    store.unset_live()?;
-                }
-            }
-            store.discard(&request.release)?;
-            store.log("revert", previous.as_deref(), Some(&request.release), by)?;
-            self.emit(&Event::Reverted { live: previous })?;
-            return Ok(());
+            return self.revert(store, activator, request, previous);
         }
-        store.log("deploy", Some(&request.release), previous.as_deref(), by)?;
-        store.set_pending(None)?;
-        store.update_state(|state| state.run = Some(request.run.clone()))?;
-        let pruned = store.prune(
-            request.keep_releases,
-            &[previous, Some(request.release.clone())],
-        )?;
+        self.commit(store, request, previous)
+    }
+
+    /// Puts back what was live before `request`'s release, on the client's word
+    /// (or its silence), and removes the release unless it still serves.
+    fn revert(
+        &mut self,
+        store: &Store,
+        activator: &Activator<'_>,
+        request: &DeployRequest,
+        previous: Option<String>,
+    ) -> Result<()> {
+        let release = &request.release;
+        // The previous release starts with the env it had.
+        let mut problems: Vec<String> = put_env_back(store).into_iter().collect();
+        let back = match &previous {
+            Some(previous) => activator.activate(previous, Some(release), &mut self.progress()),
+            None => activator.stop_all().and_then(|()| store.unset_live()),
+        };
+        problems.extend(discard_unless_serving(store, release));
+        if let Err(err) = back {
+            return Err(err.also(&problems));
+        }
+        for problem in problems {
+            self.progress()(format!("warning: {problem}"));
+        }
+        let by = &request.target.by;
+        if let Err(err) = store.log("revert", previous.as_deref(), Some(release), by) {
+            self.progress()(format!("warning: {err}"));
+        }
+        self.emit(&Event::Reverted { live: previous })
+    }
+
+    /// Keeps the live new release: what fails from here on is a warning, as
+    /// the release already serves.
+    fn commit(
+        &mut self,
+        store: &Store,
+        request: &DeployRequest,
+        previous: Option<String>,
+    ) -> Result<()> {
+        let release = &request.release;
+        let by = &request.target.by;
+        let mut problems = Vec::new();
+        let steps = [
+            store.keep_env(),
+            store.log("deploy", Some(release), previous.as_deref(), by),
+            store.set_pending(None),
+            store.update_state(|state| state.run = Some(request.run.clone())),
+        ];
+        problems.extend(steps.into_iter().filter_map(Result::err));
+        let protect = [previous, Some(release.clone())];
+        let pruned = store
+            .prune(request.keep_releases, &protect)
+            .unwrap_or_else(|err| {
+                problems.push(err);
+                Vec::new()
+            });
+        for err in problems {
+            self.progress()(format!("warning: {release} is live, but {err}"));
+        }
         self.done(pruned)
+    }
+
+    /// Finishes a switch a dead agent left half-done, then removes what it
+    /// left that never went live (see [`Store::recover`]).
+    fn recover(&mut self, store: &Store, by: &str) -> Result<()> {
+        if let Some(switch) = store.interrupted_switch() {
+            Activator::new(store, &switch.run)
+                .and_then(|activator| activator.finish_interrupted(&switch, &mut self.progress()))
+                .map_err(|err| {
+                    err.also(&[format!(
+                        "this was finishing the switch to {} that an earlier deploy left half-done",
+                        switch.release
+                    )])
+                })?;
+        }
+        store.recover(by)
     }
 
     /// A progress callback that reports each activation step to the client.
@@ -389,7 +443,7 @@ impl<W: Write> Session<W> {
             Some(self.lock(&store, &request.target, "rolling back")?)
         };
         if !request.target.dry_run {
-            store.recover()?;
+            self.recover(&store, &request.target.by)?;
         }
         let live = store.live();
         let releases = store.releases()?;
@@ -432,7 +486,13 @@ impl<W: Write> Session<W> {
             return self.done(Vec::new());
         }
         let run = match store.state().run {
-            Some(last) if !request.run_given => last,
+            Some(last) if !request.run_given => {
+                activate::check_ports(&last).map_err(|problem| {
+                    failed(format!("`{}` is damaged: {problem}", store.state_path().display()))
+                        .with_hint("roll back with the run options given again (`--process-manager`, `--strategy`, `--app-port`): they replace what the file holds")
+                })?;
+                last
+            }
             _ => request.run.clone(),
         };
         self.self_check.verify()?;
@@ -467,6 +527,8 @@ fn check_deploy_request(request: &DeployRequest) -> Result<()> {
         .manifest
         .validate()
         .map_err(|problem| bad_input(format!("refused the manifest: {problem}")))?;
+    activate::check_ports(&request.run)
+        .map_err(|problem| bad_input(format!("refused the run options: {problem}")))?;
     for path in &request.shared {
         manifest::check_relative_path(path.trim_end_matches('/'))
             .map_err(|problem| bad_input(format!("shared path: {problem}")))?;
@@ -509,7 +571,50 @@ fn failed(message: String) -> Error {
     Error::Agent(Failure::new(FailureKind::Failed, message, None))
 }
 
+/// Puts the runtime env back and removes `release` after it failed to go live,
+/// unless it serves after all; says what could not be done.
+fn undo(store: &Store, release: &str) -> Vec<String> {
+    put_env_back(store)
+        .into_iter()
+        .chain(discard_unless_serving(store, release))
+        .collect()
+}
+
+/// Puts back the runtime env a failed deploy replaced; says so if it could not.
+fn put_env_back(store: &Store) -> Option<String> {
+    let err = store.put_env_back().err()?;
+    Some(format!(
+        "putting shared/.env back failed (the next deploy tries again): {err}"
+    ))
+}
+
+/// Removes `release` unless `current` or a switch under way names it; says
+/// what it could not do.
+fn discard_unless_serving(store: &Store, release: &str) -> Option<String> {
+    if store.serves(release) {
+        return Some(format!("{release} serves after all, so it stays"));
+    }
+    let err = store.discard(release).err()?;
+    Some(format!(
+        "removing {release} failed (the next deploy tries again): {err}"
+    ))
+}
+
 impl Error {
+    /// Adds what else went wrong to an agent failure, after its own message.
+    fn also(self, problems: &[String]) -> Error {
+        match self {
+            Error::Agent(mut failure) if !problems.is_empty() => {
+                for problem in problems {
+                    failure.message.push_str("\nalso: ");
+                    failure.message.push_str(problem);
+                }
+                Error::Agent(failure)
+            }
+            other => other,
+        }
+    }
+
     /// Adds a hint to an agent failure.
     fn with_hint(self, hint: &str) -> Error {
         match self {

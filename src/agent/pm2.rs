@@ -5,6 +5,7 @@
 //! start command: the runtime env never appears on a command line, nor in PM2's
 //! dump file.
 
+use std::cell::Cell;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -17,12 +18,18 @@ use crate::error::Result;
 pub struct Pm2 {
     tools: NodeTools,
     logs: PathBuf,
+    /// Whether PM2 said its daemon is older than the command.
+    out_of_date: Cell<bool>,
 }
 
 impl Pm2 {
     /// PM2 found on this server, logging into `logs`.
     pub fn new(tools: NodeTools, logs: PathBuf) -> Pm2 {
-        Pm2 { tools, logs }
+        Pm2 {
+            tools,
+            logs,
+            out_of_date: Cell::new(false),
+        }
     }
 
     fn command(&self) -> Command {
@@ -55,22 +62,44 @@ impl Pm2 {
         }
     }
 
-    /// PM2's status of process `name` (`online`, `errored`, `stopped`…) and its restart count.
-    fn status(&self, name: &str) -> Option<(String, u64)> {
-        let output = self
-            .command()
-            .arg("jlist")
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
-        let list: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-        let process = list.as_array()?.iter().find(|p| p["name"] == name)?;
+    /// PM2's status of process `name` (`online`, `errored`, `stopped`…) and its
+    /// restart count; `None` when PM2 has no such process. Output that is not a
+    /// process list is an error: taking it for "no process" would leave the old one running.
+    fn status(&self, name: &str) -> Result<Option<(String, u64)>> {
+        let output = self.run(&["jlist"], "jlist")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if stdout.contains(OUT_OF_DATE) {
+            self.out_of_date.set(true);
+        }
+        let list = process_list(&stdout).ok_or_else(|| {
+            failed(
+                format!(
+                    "cannot read PM2's process list: `pm2 jlist` printed {:?}",
+                    stdout.chars().take(300).collect::<String>()
+                ),
+                Some("run `pm2 jlist` on the server to see why; after upgrading PM2, run `pm2 update`"),
+            )
+        })?;
+        let Some(process) = list.iter().find(|p| p["name"] == name) else {
+            return Ok(None);
+        };
         let env = &process["pm2_env"];
-        Some((
-            env["status"].as_str()?.to_owned(),
+        Ok(Some((
+            env["status"].as_str().unwrap_or("unknown").to_owned(),
             env["restart_time"].as_u64().unwrap_or(0),
-        ))
+        )))
     }
+}
+
+/// What PM2 prints when its daemon is older than the `pm2` command.
+const OUT_OF_DATE: &str = "In-memory PM2 is out-of-date";
+
+/// The process list in `pm2 jlist`'s output: its one JSON line, wherever PM2
+/// put its banners (an out-of-date daemon adds one).
+fn process_list(stdout: &str) -> Option<Vec<serde_json::Value>> {
+    stdout
+        .lines()
+        .find_map(|line| serde_json::from_str(line.trim()).ok())
 }
 
 impl Supervisor for Pm2 {
@@ -101,7 +130,7 @@ impl Supervisor for Pm2 {
     }
 
     fn delete(&self, name: &str) -> Result<()> {
-        if self.status(name).is_none() {
+        if self.status(name)?.is_none() {
             return Ok(());
         }
         self.run(&["delete", name], "delete").map(drop)
@@ -113,7 +142,27 @@ impl Supervisor for Pm2 {
     }
 
     fn dead(&self, name: &str) -> Option<String> {
-        match self.status(name)? {
+        match self.status(name) {
+            Err(err) => Some(err.to_string()),
+            Ok(None) => Some("PM2 has no such process".into()),
+            Ok(Some(status)) => Self::why_dead(status),
+        }
+    }
+
+    fn log_tail(&self, name: &str, lines: usize) -> String {
+        supervisor::log_tail(&self.logs, name, lines)
+    }
+
+    fn warning(&self) -> Option<String> {
+        self.out_of_date.get().then(|| {
+            format!("warning: the PM2 daemon is older than the `pm2` command ({OUT_OF_DATE}); run `pm2 update` on the server")
+        })
+    }
+}
+
+impl Pm2 {
+    fn why_dead(status: (String, u64)) -> Option<String> {
+        match status {
             (status, _) if status != "online" && status != "launching" => {
                 Some(format!("the process is {status}"))
             }
@@ -123,8 +172,21 @@ impl Supervisor for Pm2 {
             _ => None,
         }
     }
+}
 
-    fn log_tail(&self, name: &str, lines: usize) -> String {
-        supervisor::log_tail(&self.logs, name, lines)
+#[cfg(test)]
+mod tests {
+    use super::process_list;
+
+    #[test]
+    fn the_process_list_is_found_past_an_out_of_date_banner() {
+        let stdout = "[{\"name\":\"www\",\"pm2_env\":{\"status\":\"online\"}}]\n\
+            >>>> In-memory PM2 is out-of-date, do:\n>>>> $ pm2 update\n\
+            In memory PM2 version: 5.4.3\nLocal PM2 version: 7.0.4\n";
+        let list = process_list(stdout).unwrap();
+        assert_eq!(list[0]["name"], "www");
+        let before = ">>>> In-memory PM2 is out-of-date, do:\n[]\n";
+        assert_eq!(process_list(before).unwrap().len(), 0);
+        assert_eq!(process_list("[PM2] Spawning PM2 daemon\n"), None);
     }
 }

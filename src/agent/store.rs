@@ -8,7 +8,13 @@
 //! .dropship/meta/<id>.json   when each release arrived, its size
 //! .dropship/staging/    releases being received; stale ones are removed under the lock
 //! .dropship/releases.log     one JSON line per deploy, rollback and revert
+//! .dropship/pending     the release being activated, and a switch under way ([`Switch`])
+//! .dropship/env.before  `shared/.env` as it was before this deploy replaced it (0600)
 //! ```
+//!
+//! A deploy that dies is reconciled by the next agent that takes the lock: a
+//! switch that had started (traffic or `current` moved) is finished; a release
+//! that never went live is removed, and the runtime env it brought is put back.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
@@ -49,6 +55,33 @@ pub struct State {
     /// How the live release was run, for a `rollback` given no options.
     #[serde(default)]
     pub run: Option<crate::protocol::RunSpec>,
+}
+
+/// A switch under way, recorded before traffic or `current` moves to
+/// `release`: if the agent dies, the next one finishes it from this.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Switch {
+    /// The release taking over.
+    pub release: String,
+    /// The port it serves on.
+    pub port: u16,
+    /// Whether it passed its health check there. `restart` records the switch
+    /// before it stops the old process; until the new one is healthy, finishing
+    /// means starting the release `current` names again.
+    pub healthy: bool,
+    /// The port that served before (`blue-green`), whose process goes at the end.
+    pub old_port: Option<u16>,
+    /// How it runs.
+    pub run: crate::protocol::RunSpec,
+}
+
+/// What `.dropship/pending` holds.
+#[derive(Default, Serialize, Deserialize)]
+struct Pending {
+    /// The new release, removed unless it went live.
+    release: Option<String>,
+    /// A switch under way.
+    switch: Option<Switch>,
 }
 
 /// A held deploy lock; dropping it (or the process dying) releases it.
@@ -250,16 +283,32 @@ impl Store {
         Ok(Lock { _file: file })
     }
 
+    /// The switch a dead agent left half-done, if any: finish it (see
+    /// [`Switch`]) before [`Store::recover`].
+    pub fn interrupted_switch(&self) -> Option<Switch> {
+        self.pending().switch
+    }
+
     /// Cleans up after deploys that died: their staging directories, and a release
-    /// that was being activated but never became live. Call with the lock held.
-    pub fn recover(&self) -> Result<()> {
+    /// that was being activated but never became live, with the runtime env it
+    /// brought. Call with the lock held, after finishing any [`Store::interrupted_switch`].
+    ///
+    /// A pending release that did go live stays, and is logged as `recover` on
+    /// behalf of `by` (its deploy died before it could log it).
+    pub fn recover(&self, by: &str) -> Result<()> {
         self.remove_stale_staging()?;
-        let pending = fs::read_to_string(self.pending_path()).ok();
-        if let Some(release) = pending.as_deref().map(str::trim).filter(|r| !r.is_empty())
-            && self.live().as_deref() != Some(release)
-            && self.has_release(release)
-        {
-            self.discard(release)?;
+        let live = self.live();
+        // The env a dead deploy wrote stays only if its release went live.
+        match self.env_before() {
+            Some((owner, _)) if live.as_deref() == Some(owner.as_str()) => self.keep_env()?,
+            _ => self.put_env_back()?,
+        }
+        match self.pending().release {
+            Some(release) if live.as_deref() == Some(release.as_str()) => {
+                self.log("recover", Some(&release), None, by)?;
+            }
+            Some(release) if self.has_release(&release) => self.discard(&release)?,
+            _ => {}
         }
         self.set_pending(None)
     }
@@ -268,19 +317,44 @@ impl Store {
         self.dot().join("pending")
     }
 
-    /// Marks `release` as being activated (`None`: nothing is). The mark is made
-    /// durable by [`Store::commit_staging`], which follows it.
+    /// What `.dropship/pending` says; an agent of an older version wrote the bare release id.
+    fn pending(&self) -> Pending {
+        let Ok(text) = fs::read_to_string(self.pending_path()) else {
+            return Pending::default();
+        };
+        serde_json::from_str(&text).unwrap_or_else(|_| Pending {
+            release: Some(text.trim().to_owned()).filter(|r| !r.is_empty()),
+            switch: None,
+        })
+    }
+
+    /// Marks `release` as being activated (`None`: nothing is; a switch under
+    /// way stays recorded). The mark is made durable by
+    /// [`Store::commit_staging`], which follows it.
     pub fn set_pending(&self, release: Option<&str>) -> Result<()> {
         let path = self.pending_path();
-        match release {
-            Some(release) => write_unsynced(&path, release.as_bytes(), 0o644),
-            None => match fs::remove_file(&path) {
-                Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                    Err(io_failure("remove", &path, &err))
-                }
-                _ => Ok(()),
-            },
+        let pending = Pending {
+            release: release.map(str::to_owned),
+            switch: release.is_none().then(|| self.pending().switch).flatten(),
+        };
+        match pending {
+            Pending {
+                release: None,
+                switch: None,
+            } => remove_if_present(&path),
+            Pending { release: None, .. } => write_atomically(&path, &to_json(&pending), 0o644),
+            _ => write_unsynced(&path, &to_json(&pending), 0o644),
         }
+    }
+
+    /// Records (durably) that a switch starts, or (`None`) that it finished or was undone.
+    pub fn mark_switch(&self, switch: Option<&Switch>) -> Result<()> {
+        let mut pending = self.pending();
+        pending.switch = switch.cloned();
+        if pending.release.is_none() && pending.switch.is_none() {
+            return remove_if_present(&self.pending_path());
+        }
+        write_atomically(&self.pending_path(), &to_json(&pending), 0o644)
     }
 
     fn remove_stale_staging(&self) -> Result<()> {
@@ -369,24 +443,49 @@ impl Store {
         self.root.join("shared/.env")
     }
 
-    /// Writes `shared/.env` (mode 0600); returns what it held before, for [`Store::restore_env`].
-    pub fn replace_env(&self, text: &str) -> Result<Option<Vec<u8>>> {
-        let path = self.env_file();
-        let before = fs::read(&path).ok();
-        write_atomically(&path, text.as_bytes(), 0o600)?;
-        Ok(before)
+    fn env_backup(&self) -> PathBuf {
+        self.dot().join("env.before")
     }
 
-    /// Puts back what [`Store::replace_env`] replaced.
-    pub fn restore_env(&self, before: Option<Vec<u8>>) -> Result<()> {
+    /// Writes `shared/.env` (mode 0600) for `release`, keeping what it held
+    /// before in `.dropship/env.before` (durably, first) for [`Store::put_env_back`].
+    pub fn replace_env(&self, release: &str, text: &str) -> Result<()> {
+        let path = self.env_file();
+        // The release, a newline, then `+` and the old bytes, or `-` when there was no file.
+        let before = match fs::read(&path) {
+            Ok(bytes) => [b"+".as_slice(), &bytes].concat(),
+            Err(_) => b"-".to_vec(),
+        };
+        let backup = [release.as_bytes(), b"\n", &before].concat();
+        write_atomically(&self.env_backup(), &backup, 0o600)?;
+        write_atomically(&path, text.as_bytes(), 0o600)
+    }
+
+    /// The release whose env replaced the one in `.dropship/env.before`, and that one.
+    fn env_before(&self) -> Option<(String, Option<Vec<u8>>)> {
+        let bytes = fs::read(self.env_backup()).ok()?;
+        let newline = bytes.iter().position(|&b| b == b'\n')?;
+        let release = String::from_utf8_lossy(&bytes[..newline]).into_owned();
+        let before = bytes[newline + 1..].strip_prefix(b"+").map(<[u8]>::to_vec);
+        Some((release, before))
+    }
+
+    /// Puts back what [`Store::replace_env`] replaced, if it replaced anything.
+    pub fn put_env_back(&self) -> Result<()> {
+        let Some((_, before)) = self.env_before() else {
+            return remove_if_present(&self.env_backup());
+        };
         let path = self.env_file();
         match before {
-            Some(bytes) => write_atomically(&path, &bytes, 0o600),
-            None => {
-                let _ = fs::remove_file(&path);
-                Ok(())
-            }
+            Some(bytes) => write_atomically(&path, &bytes, 0o600)?,
+            None => remove_if_present(&path)?,
         }
+        remove_if_present(&self.env_backup())
+    }
+
+    /// Keeps the env [`Store::replace_env`] wrote: forgets what it held before.
+    pub fn keep_env(&self) -> Result<()> {
+        remove_if_present(&self.env_backup())
     }
 
     /// Where the app's logs go.
@@ -394,9 +493,14 @@ impl Store {
         self.dot().join("logs")
     }
 
+    /// `.dropship/state.json`.
+    pub fn state_path(&self) -> PathBuf {
+        self.dot().join("state.json")
+    }
+
     /// The running state (`.dropship/state.json`); empty when missing.
     pub fn state(&self) -> State {
-        fs::read(self.dot().join("state.json"))
+        fs::read(self.state_path())
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()
@@ -406,12 +510,7 @@ impl Store {
     pub fn update_state(&self, change: impl FnOnce(&mut State)) -> Result<()> {
         let mut state = self.state();
         change(&mut state);
-        let path = self.dot().join("state.json");
-        write_atomically(
-            &path,
-            &serde_json::to_vec(&state).unwrap_or_default(),
-            0o644,
-        )
+        write_atomically(&self.state_path(), &to_json(&state), 0o644)
     }
 
     /// Moves a fully written, synced staging directory to `releases/<id>`, with
@@ -446,11 +545,19 @@ impl Store {
         Ok(dest)
     }
 
+    /// Whether `release` serves or is about to: `current` names it, or a switch to it is under way.
+    pub fn serves(&self, release: &str) -> bool {
+        self.live().as_deref() == Some(release)
+            || self
+                .interrupted_switch()
+                .is_some_and(|switch| switch.release == release)
+    }
+
     /// Removes a release that never stayed live, and its metadata.
     pub fn discard(&self, release: &str) -> Result<()> {
         let dir = self.release_dir(release);
         fs::remove_dir_all(&dir).at("remove", &dir)?;
-        if fs::read_to_string(self.pending_path()).is_ok_and(|p| p.trim() == release) {
+        if self.pending().release.as_deref() == Some(release) {
             self.set_pending(None)?;
         }
         let _ = fs::remove_file(self.meta_path(release));
@@ -603,6 +710,17 @@ fn read_holder(file: &mut File) -> String {
     }
 }
 
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io_failure("remove", path, &err)),
+        _ => Ok(()),
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, with `mode`,
 /// and syncs the file before the rename.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
@@ -663,4 +781,95 @@ fn free_bytes_at(dir: &Path) -> Option<u64> {
     // SAFETY: statvfs returned 0, so it filled `stat`.
     let stat = unsafe { stat.assume_init() };
     Some(stat.f_bavail * stat.f_frsize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(&dir.path().join("app").display().to_string()).unwrap();
+        store.create_layout().unwrap();
+        (dir, store)
+    }
+
+    fn release(store: &Store, id: &str) {
+        fs::create_dir_all(store.release_dir(id)).unwrap();
+    }
+
+    #[test]
+    fn recovery_removes_a_pending_release_that_never_went_live_and_puts_its_env_back() {
+        let (_dir, store) = store();
+        release(&store, "r1");
+        store.switch("r1").unwrap();
+        fs::write(store.env_file(), "A=old\n").unwrap();
+        release(&store, "r2");
+        store.set_pending(Some("r2")).unwrap();
+        store.replace_env("r2", "A=new\n").unwrap();
+        store.recover("test").unwrap();
+        assert!(!store.has_release("r2"));
+        assert_eq!(fs::read_to_string(store.env_file()).unwrap(), "A=old\n");
+        assert!(!store.env_backup().exists());
+        assert!(!store.pending_path().exists());
+    }
+
+    #[test]
+    fn recovery_keeps_a_pending_release_that_went_live_with_its_env() {
+        let (_dir, store) = store();
+        release(&store, "r1");
+        store.set_pending(Some("r1")).unwrap();
+        store.replace_env("r1", "A=new\n").unwrap();
+        store.switch("r1").unwrap();
+        store.recover("test").unwrap();
+        assert!(store.has_release("r1"));
+        assert_eq!(fs::read_to_string(store.env_file()).unwrap(), "A=new\n");
+        assert!(!store.env_backup().exists());
+        let log = fs::read_to_string(store.dot().join("releases.log")).unwrap();
+        assert!(log.contains("\"op\":\"recover\""), "{log}");
+    }
+
+    #[test]
+    fn an_env_that_did_not_exist_is_removed_again() {
+        let (_dir, store) = store();
+        store.replace_env("r1", "A=new\n").unwrap();
+        store.put_env_back().unwrap();
+        assert!(!store.env_file().exists());
+    }
+
+    #[test]
+    fn a_pending_mark_of_an_older_agent_is_the_bare_release_id() {
+        let (_dir, store) = store();
+        release(&store, "r1");
+        fs::write(store.pending_path(), "r1\n").unwrap();
+        assert!(store.interrupted_switch().is_none());
+        store.recover("test").unwrap();
+        assert!(!store.has_release("r1"));
+    }
+
+    #[test]
+    fn a_recorded_switch_survives_clearing_the_pending_release_and_protects_its_release() {
+        let (_dir, store) = store();
+        release(&store, "r2");
+        store.set_pending(Some("r2")).unwrap();
+        let switch = Switch {
+            release: "r2".into(),
+            port: 3001,
+            old_port: Some(3000),
+            healthy: true,
+            run: serde_json::from_value(serde_json::json!({
+                "app": "app", "process_manager": "pm2", "start": "node server.js",
+                "strategy": "blue-green", "ports": [3000, 3001], "health_path": "/",
+                "health_timeout_secs": 5, "nginx_upstream": "/tmp/u.conf", "nginx_reload": "true",
+            }))
+            .unwrap(),
+        };
+        store.mark_switch(Some(&switch)).unwrap();
+        store.set_pending(None).unwrap();
+        assert_eq!(store.interrupted_switch().unwrap().port, 3001);
+        assert!(store.serves("r2"));
+        store.mark_switch(None).unwrap();
+        assert!(!store.pending_path().exists());
+        assert!(!store.serves("r2"));
+    }
 }

@@ -51,7 +51,11 @@ impl Pm2Home {
             .env("PM2_HOME", self.path())
             .output()
             .unwrap();
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        // The JSON line, past the banner an out-of-date daemon adds.
+        let list: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|line| serde_json::from_str(line).ok())
+            .unwrap_or_default();
         list.as_array()
             .map(|a| {
                 a.iter()
