@@ -26,3 +26,5 @@ mod package;
 mod action;
 // Issue 6: cut connections, killed clients and agents, full disks, hostile input.
 mod faults;
+// Shipped `shared` paths (a committed `.env`) and read-only build directories.
+mod shared;

@@ -219,7 +219,7 @@ impl<W: Write> Session<W> {
         let result = self
             .stage(&store, request, (&staging, parts.as_ref()), &reuse)
             .and_then(|()| self.activate(&store, &activator, request, &staging));
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = store::remove_tree(&staging);
         result
     }
 
