@@ -521,11 +521,22 @@ impl Store {
     /// Links each `shared` path into `release_dir`, creating it in `shared/` when missing.
     ///
     /// A path ending in `/` is a directory; any other is a file (created empty, mode 0600).
-    /// Whatever the release itself had at that path is replaced by the link.
-    pub fn link_shared(&self, release_dir: &Path, shared: &[String]) -> Result<()> {
+    /// What the release ships at such a path is replaced by the link (and is not
+    /// in the stored manifest, [`Manifest::with_shared`]), except a shipped `.env`:
+    /// it stays as built, under the `shared/.env` values that `run-app` sets.
+    pub fn link_shared(
+        &self,
+        release_dir: &Path,
+        shared: &[String],
+        manifest: &Manifest,
+    ) -> Result<()> {
+        let replaced = manifest.replaced_by_shared(shared);
         for item in shared {
             let is_dir = item.ends_with('/');
             let rel = item.trim_end_matches('/');
+            if manifest.ships(rel) && !replaced.contains(&item.as_str()) {
+                continue;
+            }
             let source = self.root.join("shared").join(rel);
             if let Some(parent) = source.parent() {
                 fs::create_dir_all(parent).at("create", parent)?;

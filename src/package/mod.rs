@@ -46,6 +46,60 @@ pub struct Release {
     pub description: String,
 }
 
+impl Release {
+    /// What the server does with what this release ships under a `shared` path
+    /// or as the app's `.env`, for the log and the job summary: keys, never values.
+    pub fn shared_notes(&self, shared: &[String], env: Option<&[(String, String)]>) -> Vec<String> {
+        let mut notes: Vec<String> = self
+            .manifest
+            .replaced_by_shared(shared)
+            .into_iter()
+            .map(|item| format!("shipped `{item}` replaced by the server's `shared/{item}`"))
+            .collect();
+        notes.extend(self.env_note(env));
+        notes
+    }
+
+    /// The note on a shipped `.env` beside `server.js`: it stays, and `env`
+    /// (the server's `shared/.env`) wins for the keys both set.
+    fn env_note(&self, env: Option<&[(String, String)]>) -> Option<String> {
+        let path = match self.server_dir.as_str() {
+            "." => manifest::RUNTIME_ENV.to_owned(),
+            dir => format!("{dir}/{}", manifest::RUNTIME_ENV),
+        };
+        let index = self
+            .manifest
+            .entries
+            .iter()
+            .position(|e| e.path == path && matches!(e.kind, Kind::File { .. }))?;
+        let Some(env) = env else {
+            return Some(format!(
+                "shipped `{path}` kept; the server's `shared/.env` (not changed by this deploy) overrides it for the keys it sets"
+            ));
+        };
+        let text = fs::read_to_string(&self.sources[index].0).unwrap_or_default();
+        let shipped = match crate::dotenv::parse(&text) {
+            Ok(pairs) => pairs,
+            Err(err) => {
+                return Some(format!(
+                    "shipped `{path}` kept under the `env` values; its keys cannot be listed ({err})"
+                ));
+            }
+        };
+        let keys: Vec<&str> = shipped
+            .iter()
+            .map(|(key, _)| key.as_str())
+            .filter(|key| env.iter().any(|(set, _)| set == key))
+            .collect();
+        (!keys.is_empty()).then(|| {
+            format!(
+                "shipped `{path}` overridden by `env` for keys: {}",
+                keys.join(", ")
+            )
+        })
+    }
+}
+
 /// The directories a release is assembled from, and where each goes in it.
 struct Layout {
     /// (local directory, place in the release; empty for the top).
