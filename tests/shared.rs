@@ -200,6 +200,90 @@ fn under_systemd_the_app_sees_shipped_env_values_below_the_env_input() {
     }
 }
 
+/// A route of the real Next.js app that answers with the three keys, read at request time.
+const ENV_ROUTE: &str = "export const dynamic = 'force-dynamic';
+export function GET() {
+  const e = process.env;
+  return new Response(`SHIPPED_ONLY=${e.SHIPPED_ONLY} OVERRIDDEN=${e.OVERRIDDEN} ENV_ONLY=${e.ENV_ONLY}\\n`);
+}
+";
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+/// The body of `GET path` on 127.0.0.1:`port`.
+fn fetch(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map_or(response.as_str(), |(_, body)| body)
+        .to_owned()
+}
+
+/// Defect 1 with a real Next.js standalone build (npm), the default
+/// `shared: .env` and PM2: Next.js copies the committed `.env` into
+/// `.next/standalone` and loads it at start without overriding what `run-app`
+/// set; the second deploy of the same build succeeds.
+#[test]
+fn a_real_nextjs_build_with_a_committed_env_keeps_deploying() {
+    let work = tempfile::tempdir().unwrap();
+    let app = work.path().join("web");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/app"),
+        &app,
+    );
+    fs::write(app.join(".env"), SHIPPED_ENV).unwrap();
+    fs::create_dir_all(app.join("app/env")).unwrap();
+    fs::write(app.join("app/env/route.js"), ENV_ROUTE).unwrap();
+    let install = std::process::Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&app)
+        .status()
+        .expect("npm");
+    assert!(
+        install.success(),
+        "npm install failed (is the npm registry reachable?)"
+    );
+    let pm2 = Pm2Home::new();
+    let port = free_port();
+    let remote = work.path().join("srv/web");
+    let env = format!("NEXT_TELEMETRY_DISABLED=1\n{ENV_INPUT}");
+    for (release, build) in [("n1", Some("npm run build")), ("n2", None)] {
+        let mut test = Test::new()
+            .args(["deploy", "--host", "local", "--release", release])
+            .args(["--app-port", &port.to_string(), "--health-timeout", "60"])
+            .args(["--env", &env, "--working-directory"])
+            .arg(&app)
+            .arg("--remote-path")
+            .arg(&remote)
+            .env("PM2_HOME", &pm2.path_str());
+        if let Some(build) = build {
+            test = test.args(["--build", build]);
+        }
+        let out = test.success();
+        assert_eq!(fetch(port, "/env"), EXPECTED_ANSWER, "{release}");
+        assert_eq!(
+            fs::read_to_string(remote.join(format!("releases/{release}/.env"))).unwrap(),
+            SHIPPED_ENV
+        );
+        assert_contains(&out.stderr, OVERRIDE_NOTE);
+    }
+}
+
 /// Makes every directory under `dir` 0555 and every file 0444, as a Nix or
 /// Bazel output (or `chmod -R a-w`) leaves them.
 fn make_read_only(dir: &Path) {
