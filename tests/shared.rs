@@ -150,6 +150,35 @@ fn a_build_that_ships_shared_paths_keeps_deploying() {
     assert!(!summary.contains("s3cret"), "{summary}");
 }
 
+/// A release left by an agent from before this fix: its stored manifest lists
+/// the shipped `.env`, its directory holds the link to `shared/.env`. The next
+/// deploy of the same build sends that file instead of linking the link.
+#[test]
+fn a_release_from_before_the_fix_does_not_break_the_next_deploy() {
+    let work = tempfile::tempdir().unwrap();
+    let remote = work.path().join("srv/app");
+    let app = app_shipping_env(work.path(), "v1", None);
+    let deploy = |release: &str| {
+        Test::new()
+            .args(["deploy", "--host", "local", "--process-manager", "none"])
+            .args(["--release", release, "--working-directory"])
+            .arg(&app)
+            .arg("--remote-path")
+            .arg(&remote)
+            .success()
+    };
+    deploy("r1");
+    let old = remote.join("releases/r1/.env");
+    fs::remove_file(&old).unwrap();
+    std::os::unix::fs::symlink("../../shared/.env", &old).unwrap();
+    deploy("r2");
+    assert_eq!(
+        fs::read_to_string(remote.join("releases/r2/.env")).unwrap(),
+        SHIPPED_ENV
+    );
+    assert_manifest_matches_disk(&remote, "r2");
+}
+
 /// Defect 1, in the app's `process.env` under PM2: the shipped values for the
 /// keys `env` does not set, the `env` values for the keys it does, on the
 /// first deploy and on every later one.
