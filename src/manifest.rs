@@ -114,15 +114,11 @@ impl Manifest {
             .into_iter()
             .map(|item| item.trim_end_matches('/'))
             .collect();
-        let under = |path: &str, top: &str| {
-            path.strip_prefix(top)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        };
         Manifest {
             entries: self
                 .entries
                 .iter()
-                .filter(|e| !replaced.iter().any(|top| under(&e.path, top)))
+                .filter(|e| !replaced.iter().any(|top| is_at_or_under(&e.path, top)))
                 .cloned()
                 .collect(),
         }
@@ -174,6 +170,12 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Whether the release path `path` is `top` or lies inside it.
+pub fn is_at_or_under(path: &str, top: &str) -> bool {
+    path.strip_prefix(top)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// A path is acceptable when it is relative, `/`-separated, and has no empty, `.` or `..` part.

@@ -481,11 +481,9 @@ fn check_deploy_request(request: &DeployRequest) -> Result<()> {
 
 /// Whether `path` is a `shared` path or lies under one.
 fn is_shared(path: &str, shared: &[String]) -> bool {
-    shared.iter().any(|item| {
-        let top = item.trim_end_matches('/');
-        path.strip_prefix(top)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    })
+    shared
+        .iter()
+        .any(|item| manifest::is_at_or_under(path, item.trim_end_matches('/')))
 }
 
 fn check_free_space(store: &Store, release_bytes: u64) -> Result<()> {

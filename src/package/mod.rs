@@ -433,6 +433,53 @@ mod tests {
         assert!(!set.is_match(".next/static/chunks/main.js"));
     }
 
+    /// A release of `server.js` and a shipped `.env` holding `env_text`, in `dir`.
+    fn release_shipping_env(dir: &Path, env_text: &str) -> Release {
+        fs::create_dir_all(dir.join("app/uploads")).unwrap();
+        fs::write(dir.join("app/server.js"), "").unwrap();
+        fs::write(dir.join("app/.env"), env_text).unwrap();
+        assemble(&SourceSpec {
+            working_directory: dir.to_owned(),
+            source: Some("app".into()),
+            exclude: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    /// What the log and the job summary say about shipped `shared` paths: keys, never values.
+    #[test]
+    fn the_notes_name_overridden_keys_and_replaced_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = release_shipping_env(dir.path(), "A=1\nB=2\nC=3\n");
+        let shared = [".env".to_owned(), "uploads/".to_owned()];
+        let env = [
+            ("C".to_owned(), "x".to_owned()),
+            ("A".to_owned(), "y".to_owned()),
+        ];
+        assert_eq!(
+            release.shared_notes(&shared, Some(&env)),
+            [
+                "shipped `uploads/` replaced by the server's `shared/uploads/`",
+                "shipped `.env` overridden by `env` for keys: A, C",
+            ]
+        );
+        assert_eq!(
+            release.shared_notes(&[], None),
+            [
+                "shipped `.env` kept; the server's `shared/.env` (not changed by this deploy) overrides it for the keys it sets"
+            ]
+        );
+        let other = [("D".to_owned(), "x".to_owned())];
+        assert!(release.shared_notes(&[], Some(&other)).is_empty());
+        let broken = release_shipping_env(dir.path(), "A=\"s3cret\n");
+        assert_eq!(
+            broken.shared_notes(&[], Some(&env)),
+            [
+                "shipped `.env` kept under the `env` values; its keys cannot be listed (line 1: unterminated double quote starting here)"
+            ]
+        );
+    }
+
     #[test]
     fn a_bad_pattern_names_the_input() {
         let err = exclude_set(&["a[".to_owned()]).err().unwrap();
