@@ -82,6 +82,10 @@ fn package_release(inputs: &Deploy, outputs: &mut Outputs) -> Result<Release> {
     );
     outputs.files = release.manifest.file_count();
     outputs.release_bytes = release.manifest.total_bytes();
+    outputs.notes = release.shared_notes(&inputs.shared, inputs.env.as_deref());
+    for note in &outputs.notes {
+        tracing::info!("package: {note}");
+    }
     Ok(release)
 }
 

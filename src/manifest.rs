@@ -12,6 +12,13 @@ use sha2::{Digest, Sha256};
 /// disk, and low enough that sums over them (with margins added) cannot overflow.
 pub const MAX_TOTAL_BYTES: u64 = 1 << 62;
 
+/// The runtime env file: `shared/.env` on the server, linked at the top of each
+/// release unless the build ships its own there. A shipped one stays as built:
+/// `dropship run-app` puts the server's `shared/.env` into the app's environment,
+/// and env loaders (Next.js, dotenv, `node --env-file`) never override a variable
+/// already set, so the `env` values win over the shipped ones key by key.
+pub const RUNTIME_ENV: &str = ".env";
+
 /// All entries of one release, sorted by path (parents before children).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -79,6 +86,44 @@ impl Manifest {
         })
     }
 
+    /// Whether the release ships an entry at `path`.
+    pub fn ships(&self, path: &str) -> bool {
+        self.entries.iter().any(|e| e.path == path)
+    }
+
+    /// The `shared` paths (as given, e.g. `uploads/`) that the release also
+    /// ships and that the link to `shared/` replaces on the server: all of
+    /// them except [`RUNTIME_ENV`], which stays as shipped.
+    pub fn replaced_by_shared<'a>(&self, shared: &'a [String]) -> Vec<&'a str> {
+        shared
+            .iter()
+            .map(String::as_str)
+            .filter(|item| {
+                let path = item.trim_end_matches('/');
+                path != RUNTIME_ENV && self.ships(path)
+            })
+            .collect()
+    }
+
+    /// The release as it is on the server once its `shared` links are in: what
+    /// [`Manifest::replaced_by_shared`] names is gone, with everything under it
+    /// (the links themselves are not listed, like every other `shared` link).
+    pub fn with_shared(&self, shared: &[String]) -> Manifest {
+        let replaced: Vec<&str> = self
+            .replaced_by_shared(shared)
+            .into_iter()
+            .map(|item| item.trim_end_matches('/'))
+            .collect();
+        Manifest {
+            entries: self
+                .entries
+                .iter()
+                .filter(|e| !replaced.iter().any(|top| is_at_or_under(&e.path, top)))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The entries by path, for look-ups while unpacking.
     pub fn by_path(&self) -> BTreeMap<&str, &Entry> {
         self.entries.iter().map(|e| (e.path.as_str(), e)).collect()
@@ -125,6 +170,12 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Whether the release path `path` is `top` or lies inside it.
+pub fn is_at_or_under(path: &str, top: &str) -> bool {
+    path.strip_prefix(top)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// A path is acceptable when it is relative, `/`-separated, and has no empty, `.` or `..` part.
@@ -282,6 +333,41 @@ mod tests {
         };
         assert!(manifest.validate().is_ok());
         assert_eq!(manifest.total_bytes(), MAX_TOTAL_BYTES);
+    }
+
+    /// A shipped `shared` directory goes with all it holds; a shipped `.env` stays.
+    #[test]
+    fn shared_links_replace_what_the_build_ships_except_the_env_file() {
+        let file = |path: &str| {
+            entry(
+                path,
+                Kind::File {
+                    size: 0,
+                    hash: content_hash(&Sha256::digest(b"")),
+                },
+            )
+        };
+        let manifest = Manifest {
+            entries: vec![
+                file(".env"),
+                entry("uploads", Kind::Dir),
+                file("uploads/a.png"),
+                file("uploads-list.txt"),
+            ],
+        };
+        let shared = [
+            ".env".to_owned(),
+            "uploads/".to_owned(),
+            "cache/".to_owned(),
+        ];
+        assert_eq!(manifest.replaced_by_shared(&shared), ["uploads/"]);
+        let paths: Vec<String> = manifest
+            .with_shared(&shared)
+            .entries
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(paths, [".env", "uploads-list.txt"]);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Outputs {
     pub package_secs: f64,
     /// One entry per host reached.
     pub per_host: Vec<HostReport>,
+    /// What the servers do with shipped `shared` paths and a shipped `.env` (keys only).
+    pub notes: Vec<String>,
 }
 
 /// What happened on one host.
@@ -141,6 +143,12 @@ impl Outputs {
             self.package_secs,
             self.duration_ms as f64 / 1000.0
         );
+        for note in &self.notes {
+            let _ = writeln!(md, "- {note}");
+        }
+        if !self.notes.is_empty() {
+            md.push('\n');
+        }
         if !self.per_host.is_empty() {
             md.push_str("| host | result | connect | upload + verify | activate | sent | throughput |\n|---|---|---|---|---|---|---|\n");
             for host in &self.per_host {

@@ -41,3 +41,5 @@ mod faults;
 mod errors;
 // Issue 10: errors after the switch, an out-of-date PM2, damaged port lists.
 mod switch;
+// Shipped `shared` paths (a committed `.env`) and read-only build directories.
+mod shared;

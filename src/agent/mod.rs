@@ -187,7 +187,10 @@ impl<W: Write> Session<W> {
             return Err(bad_input(format!("release `{}` already exists on this host", request.release))
                 .with_hint("deploy with another `release` id, or roll back to it with `dropship rollback --to`"));
         }
-        let reuse = store.reusable(&request.manifest)?;
+        let mut reuse = store.reusable(&request.manifest)?;
+        // Releases deployed before shipped `shared` paths were handled list a file
+        // where they hold a link: what the release ships there is always sent.
+        reuse.retain(|&i, _| !is_shared(&request.manifest.entries[i].path, &request.shared));
         let reused_bytes: u64 = reuse
             .keys()
             .filter_map(|&i| match &request.manifest.entries[i].kind {
@@ -219,7 +222,7 @@ impl<W: Write> Session<W> {
         let result = self
             .stage(&store, request, (&staging, parts.as_ref()), &reuse)
             .and_then(|()| self.activate(&store, &activator, request, &staging));
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = store::remove_tree(&staging);
         result
     }
 
@@ -266,7 +269,9 @@ impl<W: Write> Session<W> {
             staging,
             reuse,
         )?;
-        store.link_shared(staging, &request.shared)?;
+        store.link_shared(staging, &request.shared, &request.manifest)?;
+        // Modes last: a read-only directory of the build must not keep out a shared link.
+        receive::set_dir_modes(&request.manifest.with_shared(&request.shared), staging)?;
         store::sync_filesystem(staging)?;
         self.emit(&Event::Staged {
             files: received.files,
@@ -298,7 +303,7 @@ impl<W: Write> Session<W> {
         store.commit_staging(
             staging,
             &request.release,
-            &request.manifest,
+            &request.manifest.with_shared(&request.shared),
             &request.server_dir,
         )?;
         // The new runtime env goes in just before the new release starts, and back out if it fails.
@@ -534,6 +539,13 @@ fn check_deploy_request(request: &DeployRequest) -> Result<()> {
             .map_err(|problem| bad_input(format!("shared path: {problem}")))?;
     }
     Ok(())
+}
+
+/// Whether `path` is a `shared` path or lies under one.
+fn is_shared(path: &str, shared: &[String]) -> bool {
+    shared
+        .iter()
+        .any(|item| manifest::is_at_or_under(path, item.trim_end_matches('/')))
 }
 
 fn check_free_space(store: &Store, release_bytes: u64) -> Result<()> {

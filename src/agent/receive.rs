@@ -70,7 +70,8 @@ pub type MorePart = Box<dyn BufRead + Send>;
 /// frame; `more` should give up when its second argument says the first part
 /// failed. Together the parts must hold every entry of `manifest` exactly once,
 /// except the files in `reuse` (by manifest index), which are hard-linked from
-/// the given copies instead.
+/// the given copies instead. Directories keep a writable mode until
+/// [`set_dir_modes`] gives them theirs.
 pub fn receive(
     first: Part<'_>,
     more: impl FnOnce(&mut dyn FnMut(MorePart), &dyn Fn() -> bool) -> Result<()>,
@@ -138,7 +139,13 @@ pub fn receive(
         }
         std::os::unix::fs::symlink(&target, &dest).at("create the link", &dest)?;
     }
-    // Directory modes last, deepest first, so a read-only directory never blocks a write.
+    Ok(received)
+}
+
+/// Gives the directories of `manifest` under `staging` their modes, deepest
+/// first: the last step of staging, so a read-only directory never blocks a
+/// write (the stream's files, the shared links) before.
+pub fn set_dir_modes(manifest: &Manifest, staging: &Path) -> Result<()> {
     for entry in manifest
         .entries
         .iter()
@@ -149,7 +156,7 @@ pub fn receive(
         fs::set_permissions(&dir, fs::Permissions::from_mode(entry.mode & 0o777))
             .at("chmod", &dir)?;
     }
-    Ok(received)
+    Ok(())
 }
 
 /// The entries the stream must hold, by path.

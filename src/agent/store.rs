@@ -91,19 +91,48 @@ pub struct Lock {
 
 fn io_failure(action: &str, path: &Path, err: &io::Error) -> Error {
     let hint = match err.kind() {
-        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => Some(
-            "make `remote-path` writable by the deploy user (e.g. `sudo chown -R deploy: /srv/app`)",
-        ),
+        io::ErrorKind::PermissionDenied => Some(permission_hint(path)),
+        io::ErrorKind::ReadOnlyFilesystem => Some(format!(
+            "the filesystem of `{}` is mounted read-only: remount it read-write, or use a `remote-path` on a writable one",
+            path.display()
+        )),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-            Some("free some disk space on the server, or lower `keep-releases`")
+            Some("free some disk space on the server, or lower `keep-releases`".to_owned())
         }
         _ => None,
     };
     Error::Agent(Failure::new(
         FailureKind::Failed,
         format!("cannot {action} `{}`: {err}", path.display()),
-        hint,
+        hint.as_deref(),
     ))
+}
+
+/// What to do when the deploy user may not change `path`: another user owns it
+/// (or its directory), or the deploy user owns both and a mode or an immutable
+/// flag forbids it (read-only release directories are handled by dropship itself).
+fn permission_hint(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let dir = path.parent().unwrap_or(path);
+    let foreign = [path, dir].into_iter().find_map(|p| {
+        let owner = fs::symlink_metadata(p).ok()?.uid();
+        (owner != me).then_some((p, owner))
+    });
+    match foreign {
+        Some((p, owner)) => format!(
+            "`{}` belongs to uid {owner}, not to the deploy user (uid {me}): give it to the deploy user, e.g. `sudo chown -R {me} {}`",
+            p.display(),
+            p.display()
+        ),
+        None => format!(
+            "the deploy user owns `{}` but may not change it: check its mode (`ls -ld {}`, then `chmod u+w`) and whether it is immutable (`lsattr -d {}`)",
+            dir.display(),
+            dir.display(),
+            dir.display()
+        ),
+    }
 }
 
 /// Wraps an I/O result with what was being done to which path.
@@ -363,8 +392,7 @@ impl Store {
             return Ok(());
         };
         for entry in entries.flatten() {
-            let path = entry.path();
-            fs::remove_dir_all(&path).at("remove", &path)?;
+            remove_tree(&entry.path())?;
         }
         Ok(())
     }
@@ -555,8 +583,7 @@ impl Store {
 
     /// Removes a release that never stayed live, and its metadata.
     pub fn discard(&self, release: &str) -> Result<()> {
-        let dir = self.release_dir(release);
-        fs::remove_dir_all(&dir).at("remove", &dir)?;
+        remove_tree(&self.release_dir(release))?;
         if self.pending().release.as_deref() == Some(release) {
             self.set_pending(None)?;
         }
@@ -601,11 +628,22 @@ impl Store {
     /// Links each `shared` path into `release_dir`, creating it in `shared/` when missing.
     ///
     /// A path ending in `/` is a directory; any other is a file (created empty, mode 0600).
-    /// Whatever the release itself had at that path is replaced by the link.
-    pub fn link_shared(&self, release_dir: &Path, shared: &[String]) -> Result<()> {
+    /// What the release ships at such a path is replaced by the link (and is not
+    /// in the stored manifest, [`Manifest::with_shared`]), except a shipped `.env`:
+    /// it stays as built, under the `shared/.env` values that `run-app` sets.
+    pub fn link_shared(
+        &self,
+        release_dir: &Path,
+        shared: &[String],
+        manifest: &Manifest,
+    ) -> Result<()> {
+        let replaced = manifest.replaced_by_shared(shared);
         for item in shared {
             let is_dir = item.ends_with('/');
             let rel = item.trim_end_matches('/');
+            if manifest.ships(rel) && !replaced.contains(&item.as_str()) {
+                continue;
+            }
             let source = self.root.join("shared").join(rel);
             if let Some(parent) = source.parent() {
                 fs::create_dir_all(parent).at("create", parent)?;
@@ -626,7 +664,7 @@ impl Store {
                 fs::create_dir_all(parent).at("create", parent)?;
             }
             match fs::symlink_metadata(&link) {
-                Ok(meta) if meta.is_dir() => fs::remove_dir_all(&link).at("replace", &link)?,
+                Ok(meta) if meta.is_dir() => remove_tree(&link)?,
                 Ok(_) => fs::remove_file(&link).at("replace", &link)?,
                 Err(_) => {}
             }
@@ -719,6 +757,40 @@ fn remove_if_present(path: &Path) -> Result<()> {
         Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io_failure("remove", path, &err)),
         _ => Ok(()),
     }
+}
+
+/// Removes the directory `dir` with everything in it, also where the build left
+/// directories read-only (0555, as Nix, Bazel or `chmod -R a-w` do): their modes
+/// are kept in the release, so the deploy user, who owns them, makes each one
+/// writable just before emptying it. Links are removed, never followed.
+pub fn remove_tree(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+            make_writable(dir)?;
+            fs::remove_dir_all(dir).at("remove", dir)
+        }
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io_failure("remove", dir, &err)),
+        _ => Ok(()),
+    }
+}
+
+/// Adds `u+rwx` to `dir` and every directory below it (not through links).
+fn make_writable(dir: &Path) -> Result<()> {
+    let mode = fs::symlink_metadata(dir)
+        .at("inspect", dir)?
+        .permissions()
+        .mode();
+    if mode & 0o700 != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode((mode | 0o700) & 0o7777))
+            .at("make writable", dir)?;
+    }
+    for entry in fs::read_dir(dir).at("list", dir)? {
+        let entry = entry.at("list", dir)?;
+        if entry.file_type().at("inspect", &entry.path())?.is_dir() {
+            make_writable(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, with `mode`,
@@ -871,5 +943,46 @@ mod tests {
         store.mark_switch(None).unwrap();
         assert!(!store.pending_path().exists());
         assert!(!store.serves("r2"));
+    }
+
+    /// The deploy user owns the directory, so `chown` cannot help: the hint says
+    /// what can (a read-only release directory never gets here: [`remove_tree`]).
+    #[test]
+    fn permission_denied_in_an_own_directory_points_at_mode_and_immutable_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("releases");
+        fs::create_dir(&path).unwrap();
+        let err = io_failure(
+            "remove",
+            &path.join("r1"),
+            &io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        let d = path.display();
+        assert_eq!(
+            err.hint(),
+            Some(format!(
+                "the deploy user owns `{d}` but may not change it: check its mode (`ls -ld {d}`, then `chmod u+w`) and whether it is immutable (`lsattr -d {d}`)"
+            ))
+        );
+    }
+
+    #[test]
+    fn a_read_only_tree_is_removed_and_links_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("shared");
+        fs::create_dir(&outside).unwrap();
+        let tree = dir.path().join("release");
+        fs::create_dir_all(tree.join("a/b")).unwrap();
+        fs::write(tree.join("a/b/f"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("a/link")).unwrap();
+        for d in ["a/b", "a", ""] {
+            fs::set_permissions(tree.join(d), fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o555)).unwrap();
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        let mode = fs::metadata(&outside).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o555, "the link's target keeps its mode");
+        remove_tree(&tree).unwrap();
     }
 }

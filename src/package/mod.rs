@@ -46,6 +46,60 @@ pub struct Release {
     pub description: String,
 }
 
+impl Release {
+    /// What the server does with what this release ships under a `shared` path
+    /// or as the app's `.env`, for the log and the job summary: keys, never values.
+    pub fn shared_notes(&self, shared: &[String], env: Option<&[(String, String)]>) -> Vec<String> {
+        let mut notes: Vec<String> = self
+            .manifest
+            .replaced_by_shared(shared)
+            .into_iter()
+            .map(|item| format!("shipped `{item}` replaced by the server's `shared/{item}`"))
+            .collect();
+        notes.extend(self.env_note(env));
+        notes
+    }
+
+    /// The note on a shipped `.env` beside `server.js`: it stays, and `env`
+    /// (the server's `shared/.env`) wins for the keys both set.
+    fn env_note(&self, env: Option<&[(String, String)]>) -> Option<String> {
+        let path = match self.server_dir.as_str() {
+            "." => manifest::RUNTIME_ENV.to_owned(),
+            dir => format!("{dir}/{}", manifest::RUNTIME_ENV),
+        };
+        let index = self
+            .manifest
+            .entries
+            .iter()
+            .position(|e| e.path == path && matches!(e.kind, Kind::File { .. }))?;
+        let Some(env) = env else {
+            return Some(format!(
+                "shipped `{path}` kept; the server's `shared/.env` (not changed by this deploy) overrides it for the keys it sets"
+            ));
+        };
+        let text = fs::read_to_string(&self.sources[index].0).unwrap_or_default();
+        let shipped = match crate::dotenv::parse(&text) {
+            Ok(pairs) => pairs,
+            Err(err) => {
+                return Some(format!(
+                    "shipped `{path}` kept under the `env` values; its keys cannot be listed ({err})"
+                ));
+            }
+        };
+        let keys: Vec<&str> = shipped
+            .iter()
+            .map(|(key, _)| key.as_str())
+            .filter(|key| env.iter().any(|(set, _)| set == key))
+            .collect();
+        (!keys.is_empty()).then(|| {
+            format!(
+                "shipped `{path}` overridden by `env` for keys: {}",
+                keys.join(", ")
+            )
+        })
+    }
+}
+
 /// The directories a release is assembled from, and where each goes in it.
 struct Layout {
     /// (local directory, place in the release; empty for the top).
@@ -377,6 +431,53 @@ mod tests {
         assert!(set.is_match("server.js.map"));
         assert!(set.is_match(".next/static/chunks/main.js.map"));
         assert!(!set.is_match(".next/static/chunks/main.js"));
+    }
+
+    /// A release of `server.js` and a shipped `.env` holding `env_text`, in `dir`.
+    fn release_shipping_env(dir: &Path, env_text: &str) -> Release {
+        fs::create_dir_all(dir.join("app/uploads")).unwrap();
+        fs::write(dir.join("app/server.js"), "").unwrap();
+        fs::write(dir.join("app/.env"), env_text).unwrap();
+        assemble(&SourceSpec {
+            working_directory: dir.to_owned(),
+            source: Some("app".into()),
+            exclude: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    /// What the log and the job summary say about shipped `shared` paths: keys, never values.
+    #[test]
+    fn the_notes_name_overridden_keys_and_replaced_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = release_shipping_env(dir.path(), "A=1\nB=2\nC=3\n");
+        let shared = [".env".to_owned(), "uploads/".to_owned()];
+        let env = [
+            ("C".to_owned(), "x".to_owned()),
+            ("A".to_owned(), "y".to_owned()),
+        ];
+        assert_eq!(
+            release.shared_notes(&shared, Some(&env)),
+            [
+                "shipped `uploads/` replaced by the server's `shared/uploads/`",
+                "shipped `.env` overridden by `env` for keys: A, C",
+            ]
+        );
+        assert_eq!(
+            release.shared_notes(&[], None),
+            [
+                "shipped `.env` kept; the server's `shared/.env` (not changed by this deploy) overrides it for the keys it sets"
+            ]
+        );
+        let other = [("D".to_owned(), "x".to_owned())];
+        assert!(release.shared_notes(&[], Some(&other)).is_empty());
+        let broken = release_shipping_env(dir.path(), "A=\"s3cret\n");
+        assert_eq!(
+            broken.shared_notes(&[], Some(&env)),
+            [
+                "shipped `.env` kept under the `env` values; its keys cannot be listed (line 1: unterminated double quote starting here)"
+            ]
+        );
     }
 
     #[test]

@@ -159,6 +159,24 @@ impl Sshd {
         Sshd::start_with(env, Some(&script), 20)
     }
 
+    /// Like [`Sshd::start_with_env`], with sessions that cannot override file
+    /// permissions, as a deploy user's cannot: as root, every session runs with
+    /// `CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH` and `CAP_FOWNER` dropped from
+    /// its bounding set (so a read-only directory stops root too). `dir` holds
+    /// the session script. As another user, sessions are plain already.
+    pub fn start_as_deploy_user(env: &[(&str, &str)], dir: &Path) -> Sshd {
+        if !is_root() {
+            return Sshd::start_with(env, None, 20);
+        }
+        let script = dir.join("deploy-user-session.sh");
+        write_mode(
+            &script,
+            b"#!/bin/sh\nexec setpriv --bounding-set -dac_override,-dac_read_search,-fowner -- sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
+            0o755,
+        );
+        Sshd::start_with(env, Some(&script), 20)
+    }
+
     fn start_with(env: &[(&str, &str)], force_command: Option<&Path>, max_sessions: u32) -> Sshd {
         Sshd::start_with_keys(env, force_command, max_sessions, &[HostKey::Ed25519])
     }
