@@ -11,6 +11,7 @@ mod idle;
 mod parts;
 mod pm2;
 pub(crate) mod receive;
+mod reuse;
 mod selfcheck;
 mod store;
 mod supervisor;
@@ -187,7 +188,13 @@ impl<W: Write> Session<W> {
             return Err(bad_input(format!("release `{}` already exists on this host", request.release))
                 .with_hint("deploy with another `release` id, or roll back to it with `dropship rollback --to`"));
         }
-        let reuse = store.reusable(&request.manifest)?;
+        let reuse::Found {
+            sources: reuse,
+            changed,
+        } = reuse::find(&store, &request.manifest)?;
+        if let Some(message) = reuse::changed_note(&changed) {
+            self.emit(&Event::Progress { message })?;
+        }
         let reused_bytes: u64 = reuse
             .keys()
             .filter_map(|&i| match &request.manifest.entries[i].kind {
@@ -230,7 +237,7 @@ impl<W: Write> Session<W> {
         store: &Store,
         request: &DeployRequest,
         (staging, listener): (&Path, Option<&PartListener>),
-        reuse: &std::collections::HashMap<usize, std::path::PathBuf>,
+        reuse: &std::collections::HashMap<usize, receive::Source>,
     ) -> Result<()> {
         let parts = match self.read::<Command>()? {
             Some(Command::Stream { parts }) if (1..=protocol::MAX_PARTS).contains(&parts) => parts,

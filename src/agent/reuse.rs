@@ -1,0 +1,237 @@
+//! Which files of a new release this host already has, and how to take them
+//! from an earlier release instead of receiving them again.
+//!
+//! A release never changes because another one ran, but an app may rewrite
+//! files inside its own release while it runs (Next.js ISR writes prerendered
+//! pages in place). Two rules follow:
+//! - a file is reused only while it is exactly as its release was committed:
+//!   its inode, size and modification time were recorded then
+//!   (`.dropship/identities/<id>.json`) and must still match; a file that
+//!   changed is sent again;
+//! - a file the app may write ([`app_writes`]) is copied, never hard-linked, so
+//!   that a write in one release cannot reach another through a shared inode.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::receive::Source;
+use super::store::Store;
+use crate::error::Result;
+use crate::manifest::{Kind, Manifest};
+
+/// The prerendered outputs Next.js rewrites when it renders a page again
+/// (`revalidate`), by extension, under `.next/server/app/` and `.next/server/pages/`.
+const PRERENDERED: [&str; 5] = ["html", "rsc", "meta", "body", "json"];
+
+/// What identifies the content of a file on disk without reading it: any write
+/// through any of its links changes the modification time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl Identity {
+    /// The identity of the regular file at `path`; `None` for anything else.
+    pub fn of(path: &Path) -> Option<Identity> {
+        let meta = fs::symlink_metadata(path).ok()?;
+        meta.is_file().then(|| Identity {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        })
+    }
+
+    /// The modification time in whole seconds (0 before the epoch).
+    pub fn mtime_secs(&self) -> u64 {
+        u64::try_from(self.mtime).unwrap_or(0)
+    }
+}
+
+/// The identity of every regular file of `manifest` in the release at `dir`, by path.
+pub fn identities(dir: &Path, manifest: &Manifest) -> BTreeMap<String, Identity> {
+    manifest
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File { .. }))
+        .filter_map(|e| Some((e.path.clone(), Identity::of(&dir.join(&e.path))?)))
+        .collect()
+}
+
+/// Whether the app may rewrite `path` (relative to its release) while it runs:
+/// Next.js's prerendered pages and its cache, wherever `.next` is (monorepos
+/// put it under `apps/<name>/`).
+pub fn app_writes(path: &str) -> bool {
+    let prerendered = path
+        .rsplit_once('.')
+        .is_some_and(|(_, ext)| PRERENDERED.contains(&ext));
+    (prerendered && (under(path, ".next/server/app/") || under(path, ".next/server/pages/")))
+        || under(path, ".next/cache/")
+}
+
+/// Whether `path` has `dir` (ending in `/`) at its start or after a `/`.
+fn under(path: &str, dir: &str) -> bool {
+    path.match_indices(dir)
+        .any(|(at, _)| at == 0 || path.as_bytes()[at - 1] == b'/')
+}
+
+/// The files that need not be sent, and the files of earlier releases that
+/// could have been reused but changed on the server.
+pub struct Found {
+    /// Where to take each reusable file from, by manifest index.
+    pub sources: HashMap<usize, Source>,
+    /// Files outside [`app_writes`] that changed after their release was
+    /// committed (someone writes into releases), in path order.
+    pub changed: Vec<PathBuf>,
+}
+
+/// An earlier release on the host, as recorded when it was committed.
+struct Stored {
+    dir: PathBuf,
+    live: bool,
+    manifest: Manifest,
+    identities: BTreeMap<String, Identity>,
+}
+
+/// The files of earlier releases by content and mode: which releases hold each, where.
+type ByContent<'a> = HashMap<(&'a str, u64, u32), Vec<(&'a Stored, &'a str)>>;
+
+/// Finds, for each file of `manifest`, an earlier release with the same
+/// content and mode that still holds it as committed. The live release is
+/// searched first (it is most like the next one), except for files the app
+/// may write, which come from a release that is not running when one has them.
+pub fn find(store: &Store, manifest: &Manifest) -> Result<Found> {
+    let stored = stored(store)?;
+    let by_content = by_content(&stored);
+    let mut found = Found {
+        sources: HashMap::new(),
+        changed: Vec::new(),
+    };
+    for (i, entry) in manifest.entries.iter().enumerate() {
+        let Kind::File { size, hash } = &entry.kind else {
+            continue;
+        };
+        if let Some(candidates) = by_content.get(&(hash.as_str(), *size, entry.mode))
+            && let Some(source) = pick(candidates, app_writes(&entry.path), &mut found.changed)
+        {
+            found.sources.insert(i, source);
+        }
+    }
+    found.changed.sort();
+    found.changed.dedup();
+    Ok(found)
+}
+
+/// The releases on the host with their manifests and identities, live first,
+/// then newest first; releases committed without identities are left out.
+fn stored(store: &Store) -> Result<Vec<Stored>> {
+    let mut releases = store.releases()?;
+    releases.sort_by_key(|r| (r.live, r.created));
+    let read = |path: PathBuf| fs::read(path).ok();
+    Ok(releases
+        .iter()
+        .rev()
+        .filter_map(|r| {
+            Some(Stored {
+                dir: store.release_dir(&r.release),
+                live: r.live,
+                manifest: serde_json::from_slice(&read(store.manifest_path(&r.release))?).ok()?,
+                identities: serde_json::from_slice(&read(store.identities_path(&r.release))?)
+                    .ok()?,
+            })
+        })
+        .collect())
+}
+
+fn by_content(stored: &[Stored]) -> ByContent<'_> {
+    let mut by_content = ByContent::new();
+    for release in stored {
+        for entry in &release.manifest.entries {
+            if let Kind::File { size, hash } = &entry.kind {
+                by_content
+                    .entry((hash.as_str(), *size, entry.mode))
+                    .or_default()
+                    .push((release, entry.path.as_str()));
+            }
+        }
+    }
+    by_content
+}
+
+/// The first of `candidates` still as committed (one not running first when
+/// the file is to be copied); those found changed are added to `changed`.
+fn pick(candidates: &[(&Stored, &str)], copy: bool, changed: &mut Vec<PathBuf>) -> Option<Source> {
+    let mut ordered: Vec<&(&Stored, &str)> = candidates.iter().collect();
+    if copy {
+        ordered.sort_by_key(|(release, _)| release.live);
+    }
+    for &&(release, path) in &ordered {
+        let Some(recorded) = release.identities.get(path) else {
+            continue;
+        };
+        let on_disk = release.dir.join(path);
+        if Identity::of(&on_disk).as_ref() == Some(recorded) {
+            return Some(Source {
+                path: on_disk,
+                identity: *recorded,
+                copy,
+            });
+        }
+        if !app_writes(path) {
+            changed.push(on_disk);
+        }
+    }
+    None
+}
+
+/// The note for files of earlier releases that changed on the server; `None` when none did.
+pub fn changed_note(changed: &[PathBuf]) -> Option<String> {
+    let first = changed.first()?.display();
+    Some(match changed.len() {
+        1 => format!(
+            "1 file of an earlier release changed on the server after it was deployed, so it is not reused: `{first}`; files the app writes at runtime belong in `shared`"
+        ),
+        n => format!(
+            "{n} files of earlier releases changed on the server after they were deployed, so they are not reused (first: `{first}`); files the app writes at runtime belong in `shared`"
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_prerendered_pages_and_cache_are_what_the_app_writes() {
+        for path in [
+            ".next/server/app/isr.html",
+            ".next/server/app/blog/post.rsc",
+            ".next/server/app/index.meta",
+            ".next/server/app/feed.xml.body",
+            ".next/server/pages/about.json",
+            ".next/cache/fetch-cache/0a1b",
+            "apps/web/.next/server/app/isr.html",
+            "apps/web/.next/cache/images/x.webp",
+        ] {
+            assert!(app_writes(path), "{path}");
+        }
+        for path in [
+            ".next/server/app/page.js",
+            ".next/server/pages-manifest.json",
+            ".next/static/chunks/main.js",
+            "public/index.html",
+            "node_modules/x/.next/server/app.html",
+            "x.next/cache/y",
+            "server.js",
+        ] {
+            assert!(!app_writes(path), "{path}");
+        }
+    }
+}
