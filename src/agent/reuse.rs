@@ -207,6 +207,77 @@ pub fn changed_note(changed: &[PathBuf]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Entry;
+    use sha2::{Digest, Sha256};
+
+    const PAGE: &str = ".next/server/app/isr.html";
+
+    /// A manifest of `files`, with their parent directories.
+    fn manifest(files: &[(&str, &[u8])]) -> Manifest {
+        let mut entries: Vec<Entry> = [".next", ".next/server", ".next/server/app"]
+            .iter()
+            .map(|dir| Entry {
+                path: (*dir).into(),
+                mode: 0o755,
+                kind: Kind::Dir,
+            })
+            .collect();
+        entries.extend(files.iter().map(|(path, content)| Entry {
+            path: (*path).into(),
+            mode: 0o644,
+            kind: Kind::File {
+                size: content.len() as u64,
+                hash: crate::manifest::content_hash(&Sha256::digest(content)),
+            },
+        }));
+        Manifest { entries }
+    }
+
+    /// Commits `release` holding `files` and makes it live.
+    fn commit(store: &Store, release: &str, files: &[(&str, &[u8])]) {
+        let staging = store.staging_dir(release);
+        for (path, content) in files {
+            let file = staging.join(path);
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(&file, content).unwrap();
+            // As a received file: the build's time, not now.
+            let built = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+            let file = fs::File::options().write(true).open(&file).unwrap();
+            file.set_modified(built).unwrap();
+        }
+        store
+            .commit_staging(&staging, release, &manifest(files), ".")
+            .unwrap();
+        store.switch(release).unwrap();
+    }
+
+    #[test]
+    fn what_the_app_writes_comes_from_a_release_not_running_and_what_changed_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().to_str().unwrap()).unwrap();
+        store.create_layout().unwrap();
+        let files: &[(&str, &[u8])] = &[(PAGE, b"<html>built</html>"), ("server.js", b"x")];
+        commit(&store, "r1", files);
+        commit(&store, "r2", files);
+        let found = find(&store, &manifest(files)).unwrap();
+        let source = |i: usize| {
+            let source = &found.sources[&(i + 3)];
+            (
+                source.path.strip_prefix(dir.path()).unwrap().to_owned(),
+                source.copy,
+            )
+        };
+        assert_eq!(source(0), (PathBuf::from("releases/r1").join(PAGE), true));
+        assert_eq!(source(1), (PathBuf::from("releases/r2/server.js"), false));
+        assert!(found.changed.is_empty());
+
+        // Same size, new content, in place: the live release's copy is not reused.
+        fs::write(dir.path().join("releases/r2/server.js"), b"y").unwrap();
+        let found = find(&store, &manifest(files)).unwrap();
+        let reused = &found.sources[&4].path;
+        assert_eq!(reused, &dir.path().join("releases/r1/server.js"));
+        assert_eq!(found.changed, [dir.path().join("releases/r2/server.js")]);
+    }
 
     #[test]
     fn next_prerendered_pages_and_cache_are_what_the_app_writes() {
