@@ -323,9 +323,13 @@ fn link_or_copy(source: &Source, dest: &Path, entry: &crate::manifest::Entry) ->
         fs::create_dir_all(parent).at("create", parent)?;
     }
     if Identity::of(&source.path) != Some(source.identity) {
-        return Err(corrupt(format!(
-            "`{}` changed on the server during the deploy",
-            source.path.display()
+        return Err(Error::Agent(Failure::new(
+            FailureKind::Failed,
+            format!(
+                "`{}` changed on the server during the deploy, after it was chosen for reuse",
+                source.path.display()
+            ),
+            Some("run the deploy again: a file that changed is sent, not reused"),
         )));
     }
     if !source.copy && fs::hard_link(&source.path, dest).is_ok() {
