@@ -11,7 +11,8 @@
 //! - a file the app may write ([`app_writes`]) is copied, never hard-linked, so
 //!   that a write in one release cannot reach another through a shared inode.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -28,13 +29,33 @@ use crate::manifest::{Kind, Manifest};
 const PRERENDERED: [&str; 5] = ["html", "rsc", "meta", "body", "json"];
 
 /// What identifies the content of a file on disk without reading it: any write
-/// through any of its links changes the modification time.
+/// through any of its links changes the modification time. Stored as
+/// `[inode, size, mtime, mtime_nsec]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "[i64; 4]", into = "[i64; 4]")]
 pub struct Identity {
     ino: u64,
     size: u64,
     mtime: i64,
     mtime_nsec: i64,
+}
+
+impl From<[i64; 4]> for Identity {
+    fn from([ino, size, mtime, mtime_nsec]: [i64; 4]) -> Identity {
+        // Inode numbers and sizes above i64::MAX wrap both ways: still one-to-one.
+        Identity {
+            ino: ino as u64,
+            size: size as u64,
+            mtime,
+            mtime_nsec,
+        }
+    }
+}
+
+impl From<Identity> for [i64; 4] {
+    fn from(id: Identity) -> [i64; 4] {
+        [id.ino as i64, id.size as i64, id.mtime, id.mtime_nsec]
+    }
 }
 
 impl Identity {
@@ -55,13 +76,16 @@ impl Identity {
     }
 }
 
-/// The identity of every regular file of `manifest` in the release at `dir`, by path.
-pub fn identities(dir: &Path, manifest: &Manifest) -> BTreeMap<String, Identity> {
+/// The identity of each entry of `manifest` in the release at `dir`, in
+/// manifest order (`None` for what is not a regular file there).
+pub fn identities(dir: &Path, manifest: &Manifest) -> Vec<Option<Identity>> {
     manifest
         .entries
         .iter()
-        .filter(|e| matches!(e.kind, Kind::File { .. }))
-        .filter_map(|e| Some((e.path.clone(), Identity::of(&dir.join(&e.path))?)))
+        .map(|e| match e.kind {
+            Kind::File { .. } => Identity::of(&dir.join(&e.path)),
+            _ => None,
+        })
         .collect()
 }
 
@@ -97,11 +121,28 @@ struct Stored {
     dir: PathBuf,
     live: bool,
     manifest: Manifest,
-    identities: BTreeMap<String, Identity>,
+    /// Where its identities are, read only when one of its files is a candidate.
+    identities_path: PathBuf,
+    identities: OnceCell<Vec<Option<Identity>>>,
+}
+
+impl Stored {
+    /// What entry `index` of the manifest was at commit; `None` when not recorded
+    /// (a release committed by an older agent, or a damaged record).
+    fn identity(&self, index: usize) -> Option<Identity> {
+        let identities = self.identities.get_or_init(|| {
+            fs::read(&self.identities_path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Vec<Option<Identity>>>(&bytes).ok())
+                .filter(|ids| ids.len() == self.manifest.entries.len())
+                .unwrap_or_default()
+        });
+        identities.get(index).copied().flatten()
+    }
 }
 
 /// The files of earlier releases by content and mode: which releases hold each, where.
-type ByContent<'a> = HashMap<(&'a str, u64, u32), Vec<(&'a Stored, &'a str)>>;
+type ByContent<'a> = HashMap<(&'a str, u64, u32), Vec<(&'a Stored, usize)>>;
 
 /// Finds, for each file of `manifest`, an earlier release with the same
 /// content and mode that still holds it as committed. The live release is
@@ -129,22 +170,21 @@ pub fn find(store: &Store, manifest: &Manifest) -> Result<Found> {
     Ok(found)
 }
 
-/// The releases on the host with their manifests and identities, live first,
-/// then newest first; releases committed without identities are left out.
+/// The releases on the host with their manifests, live first, then newest first.
 fn stored(store: &Store) -> Result<Vec<Stored>> {
     let mut releases = store.releases()?;
     releases.sort_by_key(|r| (r.live, r.created));
-    let read = |path: PathBuf| fs::read(path).ok();
     Ok(releases
         .iter()
         .rev()
         .filter_map(|r| {
+            let manifest = fs::read(store.manifest_path(&r.release)).ok()?;
             Some(Stored {
                 dir: store.release_dir(&r.release),
                 live: r.live,
-                manifest: serde_json::from_slice(&read(store.manifest_path(&r.release))?).ok()?,
-                identities: serde_json::from_slice(&read(store.identities_path(&r.release))?)
-                    .ok()?,
+                manifest: serde_json::from_slice(&manifest).ok()?,
+                identities_path: store.identities_path(&r.release),
+                identities: OnceCell::new(),
             })
         })
         .collect())
@@ -153,12 +193,12 @@ fn stored(store: &Store) -> Result<Vec<Stored>> {
 fn by_content(stored: &[Stored]) -> ByContent<'_> {
     let mut by_content = ByContent::new();
     for release in stored {
-        for entry in &release.manifest.entries {
+        for (index, entry) in release.manifest.entries.iter().enumerate() {
             if let Kind::File { size, hash } = &entry.kind {
                 by_content
                     .entry((hash.as_str(), *size, entry.mode))
                     .or_default()
-                    .push((release, entry.path.as_str()));
+                    .push((release, index));
             }
         }
     }
@@ -167,20 +207,21 @@ fn by_content(stored: &[Stored]) -> ByContent<'_> {
 
 /// The first of `candidates` still as committed (one not running first when
 /// the file is to be copied); those found changed are added to `changed`.
-fn pick(candidates: &[(&Stored, &str)], copy: bool, changed: &mut Vec<PathBuf>) -> Option<Source> {
-    let mut ordered: Vec<&(&Stored, &str)> = candidates.iter().collect();
+fn pick(candidates: &[(&Stored, usize)], copy: bool, changed: &mut Vec<PathBuf>) -> Option<Source> {
+    let mut ordered: Vec<&(&Stored, usize)> = candidates.iter().collect();
     if copy {
         ordered.sort_by_key(|(release, _)| release.live);
     }
-    for &&(release, path) in &ordered {
-        let Some(recorded) = release.identities.get(path) else {
+    for &&(release, index) in &ordered {
+        let Some(recorded) = release.identity(index) else {
             continue;
         };
+        let path = &release.manifest.entries[index].path;
         let on_disk = release.dir.join(path);
-        if Identity::of(&on_disk).as_ref() == Some(recorded) {
+        if Identity::of(&on_disk) == Some(recorded) {
             return Some(Source {
                 path: on_disk,
-                identity: *recorded,
+                identity: recorded,
                 copy,
             });
         }
