@@ -198,7 +198,8 @@ pub enum Event {
     /// The lock is held and the release may be sent.
     Ready {
         /// Manifest indices of the files to send; `None` means all. The others
-        /// are already on the host (same content and mode) and are hard-linked.
+        /// are already on the host (same content and mode, unchanged since they
+        /// were committed) and are hard-linked, or copied where the app may write.
         send: Option<Vec<u32>>,
         /// Free bytes on the filesystem of `remote-path`.
         free_bytes: u64,
@@ -221,7 +222,7 @@ pub enum Event {
     Staged {
         /// Files written from the stream.
         files: u64,
-        /// Files hard-linked from releases already on the host.
+        /// Files hard-linked or copied from releases already on the host.
         reused: u64,
         /// Bytes of file content written.
         bytes: u64,

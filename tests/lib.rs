@@ -27,6 +27,8 @@ mod activate;
 mod systemd;
 // A real Next.js standalone build (npm), blue-green behind nginx.
 mod nextjs;
+// Files an app rewrites in its release (Next.js 14 ISR) reach no other release.
+mod isr;
 // Several hosts in one deploy: all-at-once and rolling.
 mod hosts;
 // Two deploys to one host at once.

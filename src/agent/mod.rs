@@ -11,6 +11,7 @@ mod idle;
 mod parts;
 mod pm2;
 pub(crate) mod receive;
+mod reuse;
 mod selfcheck;
 mod store;
 mod supervisor;
@@ -187,10 +188,16 @@ impl<W: Write> Session<W> {
             return Err(bad_input(format!("release `{}` already exists on this host", request.release))
                 .with_hint("deploy with another `release` id, or roll back to it with `dropship rollback --to`"));
         }
-        let mut reuse = store.reusable(&request.manifest)?;
+        let reuse::Found {
+            sources: mut reuse,
+            changed,
+        } = reuse::find(&store, &request.manifest)?;
         // Releases deployed before shipped `shared` paths were handled list a file
         // where they hold a link: what the release ships there is always sent.
         reuse.retain(|&i, _| !is_shared(&request.manifest.entries[i].path, &request.shared));
+        if let Some(message) = reuse::changed_note(&changed) {
+            self.emit(&Event::Progress { message })?;
+        }
         let reused_bytes: u64 = reuse
             .keys()
             .filter_map(|&i| match &request.manifest.entries[i].kind {
@@ -233,7 +240,7 @@ impl<W: Write> Session<W> {
         store: &Store,
         request: &DeployRequest,
         (staging, listener): (&Path, Option<&PartListener>),
-        reuse: &std::collections::HashMap<usize, std::path::PathBuf>,
+        reuse: &std::collections::HashMap<usize, receive::Source>,
     ) -> Result<()> {
         let parts = match self.read::<Command>()? {
             Some(Command::Stream { parts }) if (1..=protocol::MAX_PARTS).contains(&parts) => parts,

@@ -14,6 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use super::reuse::Identity;
 use super::store::Context;
 use crate::error::{Error, Result};
 use crate::manifest::{self, Kind, Manifest};
@@ -27,7 +28,7 @@ const MAX_LONG_NAME: u64 = 64 * 1024;
 pub struct Received {
     /// Regular files written from the stream.
     pub files: u64,
-    /// Regular files hard-linked (or copied) from releases already here.
+    /// Regular files hard-linked or copied from releases already here.
     pub reused: u64,
     /// Bytes of file content written.
     pub bytes: u64,
@@ -69,15 +70,15 @@ pub type MorePart = Box<dyn BufRead + Send>;
 /// `first` is read from before `more` is called, and is left just past its
 /// frame; `more` should give up when its second argument says the first part
 /// failed. Together the parts must hold every entry of `manifest` exactly once,
-/// except the files in `reuse` (by manifest index), which are hard-linked from
-/// the given copies instead. Directories keep a writable mode until
+/// except the files in `reuse` (by manifest index), which are taken from the
+/// given earlier releases instead. Directories keep a writable mode until
 /// [`set_dir_modes`] gives them theirs.
 pub fn receive(
     first: Part<'_>,
     more: impl FnOnce(&mut dyn FnMut(MorePart), &dyn Fn() -> bool) -> Result<()>,
     manifest: &Manifest,
     staging: &Path,
-    reuse: &HashMap<usize, PathBuf>,
+    reuse: &HashMap<usize, Source>,
 ) -> Result<Received> {
     fs::create_dir_all(staging).at("create", staging)?;
     let mut expected = manifest.by_path();
@@ -308,30 +309,42 @@ fn unpack(
     Ok(unpacked)
 }
 
-/// Hard-links an unchanged file from an earlier release (releases are never
-/// changed in place, so sharing the inode is safe); copies and re-hashes it
-/// when the filesystem cannot link.
-fn link_or_copy(source: &Path, dest: &Path, entry: &crate::manifest::Entry) -> Result<()> {
+/// Where a file already on the host is, for a release that has the same.
+pub struct Source {
+    /// The file in an earlier release.
+    pub path: PathBuf,
+    /// What it was when that release was committed, and still is.
+    pub identity: Identity,
+    /// Copy it instead of linking: the app may rewrite it in place.
+    pub copy: bool,
+}
+
+/// Takes an unchanged file from an earlier release: a hard link, or a copy
+/// (re-hashed while it is written) when the app may rewrite the file or the
+/// filesystem cannot link. The file must still be as its release was committed.
+fn link_or_copy(source: &Source, dest: &Path, entry: &crate::manifest::Entry) -> Result<()> {
     let Kind::File { size, hash } = &entry.kind else {
         return Ok(());
     };
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent).at("create", parent)?;
     }
-    let on_disk = fs::symlink_metadata(source)
-        .map(|m| (m.is_file(), m.len()))
-        .unwrap_or((false, 0));
-    if on_disk != (true, *size) {
-        return Err(corrupt(format!(
-            "`{}` changed on the server since it was deployed",
-            source.display()
+    if Identity::of(&source.path) != Some(source.identity) {
+        return Err(Error::Agent(Failure::new(
+            FailureKind::Failed,
+            format!(
+                "`{}` changed on the server during the deploy, after it was chosen for reuse",
+                source.path.display()
+            ),
+            Some("run the deploy again: a file that changed is sent, not reused"),
         )));
     }
-    if fs::hard_link(source, dest).is_ok() {
+    if !source.copy && fs::hard_link(&source.path, dest).is_ok() {
         return Ok(());
     }
-    let mut file = fs::File::open(source).at("open", source)?;
-    write_file(&mut file, dest, &entry.path, *size, hash, entry.mode, 0)
+    let mut file = fs::File::open(&source.path).at("open", &source.path)?;
+    let mtime = source.identity.mtime_secs();
+    write_file(&mut file, dest, &entry.path, *size, hash, entry.mode, mtime)
 }
 
 /// The content of a GNU long name entry, without its terminating NUL.

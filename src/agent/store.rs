@@ -6,6 +6,7 @@
 //! current -> releases/<id>   switched by an atomic rename
 //! .dropship/lock        the deploy lock (flock; released by the kernel if a deploy dies)
 //! .dropship/meta/<id>.json   when each release arrived, its size
+//! .dropship/identities/<id>.json   inode, size and time of its files at commit
 //! .dropship/staging/    releases being received; stale ones are removed under the lock
 //! .dropship/releases.log     one JSON line per deploy, rollback and revert
 //! .dropship/pending     the release being activated, and a switch under way ([`Switch`])
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::manifest::{Kind, Manifest};
+use crate::manifest::Manifest;
 use crate::protocol::{Failure, FailureKind, ReleaseInfo};
 
 /// The deploy directory of one app on one host.
@@ -179,50 +180,17 @@ impl Store {
         self.root.join(".dropship")
     }
 
-    fn manifest_path(&self, release: &str) -> PathBuf {
+    /// `.dropship/manifests/<id>.json`: what the release holds.
+    pub fn manifest_path(&self, release: &str) -> PathBuf {
         self.dot().join("manifests").join(format!("{release}.json"))
     }
 
-    /// For each file of `manifest` whose content and mode a release on this host
-    /// already has, where that copy is (by manifest index). The live release is
-    /// searched first; releases are immutable, so their files can be hard-linked.
-    pub fn reusable(
-        &self,
-        manifest: &Manifest,
-    ) -> Result<std::collections::HashMap<usize, PathBuf>> {
-        let mut known: std::collections::HashMap<(&str, u64, u32), PathBuf> =
-            std::collections::HashMap::new();
-        let mut releases = self.releases()?;
-        releases.sort_by_key(|r| (r.live, r.created));
-        let stored: Vec<(String, Manifest)> = releases
-            .iter()
-            .rev()
-            .filter_map(|r| {
-                let bytes = fs::read(self.manifest_path(&r.release)).ok()?;
-                Some((r.release.clone(), serde_json::from_slice(&bytes).ok()?))
-            })
-            .collect();
-        for (release, old) in &stored {
-            let dir = self.release_dir(release);
-            for entry in &old.entries {
-                if let Kind::File { size, hash } = &entry.kind {
-                    known
-                        .entry((hash.as_str(), *size, entry.mode))
-                        .or_insert_with(|| dir.join(&entry.path));
-                }
-            }
-        }
-        Ok(manifest
-            .entries
-            .iter()
-            .enumerate()
-            .filter_map(|(i, entry)| match &entry.kind {
-                Kind::File { size, hash } => known
-                    .get(&(hash.as_str(), *size, entry.mode))
-                    .map(|p| (i, p.clone())),
-                _ => None,
-            })
-            .collect())
+    /// `.dropship/identities/<id>.json`: inode, size and time of each of the
+    /// release's files when it was committed (see [`super::reuse`]).
+    pub fn identities_path(&self, release: &str) -> PathBuf {
+        self.dot()
+            .join("identities")
+            .join(format!("{release}.json"))
     }
 
     fn meta_path(&self, release: &str) -> PathBuf {
@@ -243,6 +211,7 @@ impl Store {
             self.root.join("shared"),
             self.dot().join("meta"),
             self.dot().join("manifests"),
+            self.dot().join("identities"),
             self.dot().join("staging"),
         ] {
             fs::create_dir_all(&dir).at("create", &dir)?;
@@ -567,6 +536,11 @@ impl Store {
             &serde_json::to_vec(manifest).unwrap_or_default(),
             0o644,
         )?;
+        write_unsynced(
+            &self.identities_path(release),
+            &serde_json::to_vec(&super::reuse::identities(staging, manifest)).unwrap_or_default(),
+            0o644,
+        )?;
         let dest = self.release_dir(release);
         fs::rename(staging, &dest).at("move the staged release to", &dest)?;
         sync_filesystem(&self.root)?;
@@ -589,6 +563,7 @@ impl Store {
         }
         let _ = fs::remove_file(self.meta_path(release));
         let _ = fs::remove_file(self.manifest_path(release));
+        let _ = fs::remove_file(self.identities_path(release));
         Ok(())
     }
 

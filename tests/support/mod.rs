@@ -7,6 +7,7 @@
 pub mod fake_github;
 pub mod fixture;
 pub mod mount;
+pub mod nextapp;
 pub mod process;
 pub mod proxy;
 pub mod runtime;

@@ -1,0 +1,125 @@
+//! Real Next.js apps, built from the fixtures under `tests/apps/<name>/` with
+//! npm (`npm ci`, then `npm run build`) once per machine and version of the
+//! fixture's sources: the build lands in `target/fixture-apps/<name>-<hash>/`,
+//! and every test (and every later run) that needs the app shares it.
+//!
+//! A fixture is a directory with `package.json`, `package-lock.json` and the
+//! app's sources; any build that leaves `.next/standalone` works (Next.js
+//! versions, App or Pages Router).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+use walkdir::WalkDir;
+
+/// Written last into a finished build: a directory without it is half-built.
+const DONE: &str = ".fixture-built";
+
+/// The built app of fixture `name` (its working directory, with
+/// `.next/standalone` inside), building it first if no run has yet.
+///
+/// Panics with npm's output when the build fails (is the npm registry reachable?).
+pub fn built(name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(dir) = built.get(name) {
+        return dir.clone();
+    }
+    let dir = build(name);
+    built.insert(name.to_owned(), dir.clone());
+    dir
+}
+
+fn build(name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/apps")
+        .join(name);
+    let root = target_dir().join("fixture-apps");
+    fs::create_dir_all(&root).unwrap();
+    let out = root.join(format!("{name}-{}", sources_hash(&source)));
+    // Test processes of other runs may build the same fixture at the same time.
+    let lock = fs::File::create(root.join(format!("{name}.lock"))).unwrap();
+    lock.lock().unwrap();
+    if out.join(DONE).exists() {
+        return out;
+    }
+    if out.exists() {
+        fs::remove_dir_all(&out).unwrap();
+    }
+    copy_sources(&source, &out);
+    let started = std::time::Instant::now();
+    npm(&out, &["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
+    npm(&out, &["run", "build"]);
+    eprintln!(
+        "built fixture `{name}` in {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    fs::write(out.join(DONE), b"").unwrap();
+    out
+}
+
+fn npm(dir: &Path, args: &[&str]) {
+    let out = Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .env("NEXT_TELEMETRY_DISABLED", "1")
+        .output()
+        .expect("run npm (is Node.js installed?)");
+    assert!(
+        out.status.success(),
+        "`npm {}` failed in {} (is the npm registry reachable?)\n{}\n{}",
+        args.join(" "),
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+        PathBuf::from,
+    )
+}
+
+/// The fixture's files, without what a build or install leaves in it.
+fn sources(source: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = WalkDir::new(source)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| !matches!(e.file_name().to_str(), Some("node_modules" | ".next")))
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(source).unwrap().to_path_buf())
+        .collect();
+    files.sort();
+    files
+}
+
+/// The first 16 hex digits of a SHA-256 over every source path and content.
+fn sources_hash(source: &Path) -> String {
+    let mut hasher = Sha256::new();
+    for file in sources(source) {
+        hasher.update(file.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(fs::read(source.join(&file)).unwrap());
+        hasher.update([0]);
+    }
+    hasher.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn copy_sources(source: &Path, out: &Path) {
+    for file in sources(source) {
+        let dest = out.join(&file);
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        fs::copy(source.join(&file), &dest).unwrap();
+    }
+}
