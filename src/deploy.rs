@@ -162,20 +162,7 @@ fn ship(
             match result {
                 Ok(Event::Activated { .. }) => activated.push((index, conn)),
                 Ok(other) => failure = failure.or(Some((index, conn.unexpected(&other), conn))),
-                // The agent vanished mid-switch: the host may be on either release.
-                Err(Error::AgentDied {
-                    host,
-                    status,
-                    stderr,
-                }) => {
-                    let err = Error::DiedSwitching {
-                        host,
-                        status,
-                        stderr,
-                    };
-                    failure = failure.or(Some((index, err, conn)));
-                }
-                Err(err) => failure = failure.or(Some((index, err, conn))),
+                Err(err) => failure = failure.or(Some((index, died_switching(err), conn))),
             }
         }
         if let Some((index, err, conn)) = failure {
@@ -441,7 +428,7 @@ fn commit_all(
         if !committed {
             conn.send(&Command::Commit)?;
         }
-        match wait_ready(&mut conn, &mut report.steps)? {
+        match wait_ready(&mut conn, &mut report.steps).map_err(died_switching)? {
             Event::Done {
                 pruned,
                 peak_rss_bytes,
@@ -461,6 +448,24 @@ fn commit_all(
         finish(conn)?;
     }
     Ok(())
+}
+
+/// An agent that vanished once it was told to switch may have switched or not
+/// (killed after `current` moved, or put back when its connection dropped): the
+/// error says the host may serve either release.
+fn died_switching(err: Error) -> Error {
+    match err {
+        Error::AgentDied {
+            host,
+            status,
+            stderr,
+        } => Error::DiedSwitching {
+            host,
+            status,
+            stderr,
+        },
+        other => other,
+    }
 }
 
 /// Puts every activated host back after `err`, which it returns. When a host

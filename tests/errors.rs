@@ -370,7 +370,7 @@ fn a_changed_host_key() {
         ],
         concat!(
             "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
-            "error: host key of [HOST] does not match the pinned key: expected SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA, the server presented [FINGERPRINT]\n",
+            "error: host key of [HOST] does not match the pinned key: expected SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA, the server presented [FINGERPRINT] (ssh-ed25519)\n",
             "  hint: do not deploy until you know why the key changed: if the server was rebuilt, pin its new key; otherwise someone may be intercepting the connection\n",
         ),
     );
