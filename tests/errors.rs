@@ -493,9 +493,15 @@ fn a_host_whose_agent_prints_endlessly_without_a_newline() {
         .map(|entry| entry.unwrap().path())
         .next()
         .expect("the installed agent");
+    // The script records its PID, so the test can stop it, and ends by itself once
+    // nobody reads its output (`tr` dies of SIGPIPE and the loop stops).
+    let pid_file = work.path().join("endless.pid");
     fs::write(
         &agent,
-        "#!/bin/sh\nwhile :; do head -c 262144 /dev/zero | tr '\\0' x; sleep 0.01; done\n",
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nwhile head -c 262144 /dev/zero | tr '\\0' x; do sleep 0.01; done\n",
+            pid_file.display()
+        ),
     )
     .unwrap();
 
@@ -527,6 +533,12 @@ fn a_host_whose_agent_prints_endlessly_without_a_newline() {
         stdout: watched.stdout(),
         stderr,
     };
+    if let Some(pid) = fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+    {
+        process::signal(pid, libc::SIGKILL);
+    }
     let host = sshd.host_spec();
     assert_stderr(
         &out,
