@@ -13,8 +13,8 @@ use crate::support::{fixture, process};
 use crate::test::{Output, Test};
 
 /// Asserts the exit status, and that stderr is `expected` once every `(text, name)`
-/// of `vary` is replaced by `[name]`, and run times, free space and lock ages by
-/// `[T]`, `[FREE]` and `[SINCE]`.
+/// of `vary` is replaced by `[name]`, and run times, throughput, free space and lock
+/// ages by `[T]`, `[RATE]`, `[FREE]` and `[SINCE]`.
 #[track_caller]
 fn assert_stderr(out: &Output, code: i32, vary: &[(&str, &str)], expected: &str) {
     let mut stderr = out.stderr.clone();
@@ -30,8 +30,9 @@ fn assert_stderr(out: &Output, code: i32, vary: &[(&str, &str)], expected: &str)
     );
 }
 
-/// Replaces every run time (`0.12 s`, `35 ms`) with `[T]`, free space (`812.5 MB free`)
-/// with `[FREE]` and the start of a lock (`since 1796147437`) with `[SINCE]`.
+/// Replaces every run time (`0.12 s`, `35 ms`) with `[T]`, throughput (`2.7 MB/s`) with
+/// `[RATE]`, free space (`812.5 MB free`) with `[FREE]` and the start of a lock
+/// (`since 1796147437`) with `[SINCE]`.
 fn without_times(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -47,6 +48,8 @@ fn without_times(text: &str) -> String {
             out.push_str(&number[..end]);
         } else if after.starts_with(" s") || after.starts_with(" ms") {
             out.push_str("[T]");
+        } else if after.starts_with(" MB/s") {
+            out.push_str("[RATE]");
         } else if after.starts_with(" MB free") {
             out.push_str("[FREE]");
         } else if before.ends_with("since ") {
@@ -292,7 +295,7 @@ fn a_release_that_fails_its_health_check() {
         concat!(
             "package: Next.js standalone build (.next/standalone, public → public) — 2 files, 0.0 MB, server.js in `.`\n",
             "local: ready (live: nothing yet, [FREE] MB free)\n",
-            "local: staged 2 new and 0 unchanged files: 0.0 MB sent in [T] s (0.0 MB/s)\n",
+            "local: staged 2 new and 0 unchanged files: 0.0 MB sent in [T] s ([RATE] MB/s)\n",
             "local: starting r1 on port [PORT]\n",
             "error: on local: release r1 did not become healthy on port [PORT] within [T] s: GET / on port [PORT] answered 500\n",
             "last log lines of the app:\n",
