@@ -6,54 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::support::runtime::{Behaviour, Load, Pm2Home, free_port, get, node_app};
-use crate::support::site;
+use crate::support::site::{self, Pm2Site as Site};
 use crate::support::sshd::Sshd;
-use crate::test::{Output, Test, ssh_args};
-
-/// A site run by PM2 (its own `PM2_HOME`).
-struct Site {
-    site: site::Site,
-    pm2: Pm2Home,
-}
-
-impl std::ops::Deref for Site {
-    type Target = site::Site;
-    fn deref(&self) -> &site::Site {
-        &self.site
-    }
-}
-
-impl Site {
-    fn new(blue_green: bool) -> Site {
-        Site {
-            site: site::Site::new(blue_green),
-            pm2: Pm2Home::new(),
-        }
-    }
-
-    /// Run options with a 20 s health timeout.
-    fn run_args(&self) -> Vec<String> {
-        self.site.run_args(20)
-    }
-
-    fn deploy(&self, app: &Path, release: &str) -> Test {
-        Test::new()
-            .arg("deploy")
-            .args(self.run_args())
-            .args(["--release", release, "--working-directory"])
-            .arg(app)
-            .env("PM2_HOME", &self.pm2.path_str())
-    }
-}
-
-#[track_caller]
-fn assert_contains(out: &Output, text: &str) {
-    assert!(
-        out.stderr.contains(text),
-        "expected `{text}` in:\n{}",
-        out.stderr
-    );
-}
+use crate::test::{Test, assert_contains, ssh_args};
 
 #[test]
 fn blue_green_deploys_and_a_rollback_lose_no_request_under_load() {
@@ -282,7 +237,7 @@ fn a_missing_node_fails_before_anything_changes_and_says_where_it_looked() {
             env!("CARGO_BIN_EXE_dropship"),
             "deploy",
         ])
-        .args(site.run_args())
+        .args(site.run_args(20))
         .args(["--release", "r2", "--working-directory"])
         .arg(site.app("v2", Behaviour::Healthy))
         .env("PM2_HOME", site.pm2.path_str())

@@ -10,20 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::runtime::{Nginx, Pm2Home, free_port};
+use crate::support::tree::copy_dir;
 use crate::test::Test;
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            fs::copy(entry.path(), dest).unwrap();
-        }
-    }
-}
 
 /// GET `path` from 127.0.0.1:`port`: (status line, body).
 fn fetch(port: u16, path: &str) -> (String, String) {

@@ -11,6 +11,7 @@ use crate::support::runtime::{Behaviour, Pm2Home, free_port, get, node_app};
 use crate::support::site::Site;
 use crate::support::sshd::Sshd;
 use crate::support::systemd::UserManager;
+use crate::support::tree::copy_dir;
 use crate::test::{Output, Test, ssh_args};
 
 /// What the build ships as `.env`: one key the `env` input also sets, one it does not.
@@ -235,19 +236,6 @@ export function GET() {
   return new Response(`SHIPPED_ONLY=${e.SHIPPED_ONLY} OVERRIDDEN=${e.OVERRIDDEN} ENV_ONLY=${e.ENV_ONLY}\\n`);
 }
 ";
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            fs::copy(entry.path(), dest).unwrap();
-        }
-    }
-}
 
 /// The body of `GET path` on 127.0.0.1:`port`.
 fn fetch(port: u16, path: &str) -> String {

@@ -8,61 +8,21 @@ use std::process::{Command, Stdio};
 use serde_json::json;
 
 use crate::support::runtime::{Behaviour, Pm2Home};
-use crate::support::site;
-use crate::test::{Output, Test};
+use crate::support::site::Pm2Site as Site;
+use crate::test::{Test, assert_contains};
 
-/// A site run by PM2 (its own `PM2_HOME`).
-struct Site {
-    site: site::Site,
-    pm2: Pm2Home,
+/// The names of the site's PM2 processes, sorted.
+fn process_names(site: &Site) -> Vec<String> {
+    let mut names: Vec<String> = site.pm2.processes().into_iter().map(|p| p.0).collect();
+    names.sort();
+    names
 }
 
-impl std::ops::Deref for Site {
-    type Target = site::Site;
-    fn deref(&self) -> &site::Site {
-        &self.site
-    }
-}
-
-impl Site {
-    fn new(blue_green: bool) -> Site {
-        Site {
-            site: site::Site::new(blue_green),
-            pm2: Pm2Home::new(),
-        }
-    }
-
-    fn deploy(&self, app: &Path, release: &str) -> Test {
-        Test::new()
-            .arg("deploy")
-            .args(self.site.run_args(20))
-            .args(["--release", release, "--working-directory"])
-            .arg(app)
-            .env("PM2_HOME", &self.pm2.path_str())
-    }
-
-    /// The names of the PM2 processes, sorted.
-    fn process_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.pm2.processes().into_iter().map(|p| p.0).collect();
-        names.sort();
-        names
-    }
-
-    /// Makes every later `pm2 save` fail: its dump file cannot be written.
-    fn break_pm2_save(&self) {
-        let dump = self.pm2.path().join("dump.pm2");
-        let _ = fs::remove_file(&dump);
-        fs::create_dir_all(&dump).unwrap();
-    }
-}
-
-#[track_caller]
-fn assert_contains(out: &Output, text: &str) {
-    assert!(
-        out.stderr.contains(text),
-        "expected `{text}` in:\n{}",
-        out.stderr
-    );
+/// Makes every later `pm2 save` of the site fail: its dump file cannot be written.
+fn break_pm2_save(site: &Site) {
+    let dump = site.pm2.path().join("dump.pm2");
+    let _ = fs::remove_file(&dump);
+    fs::create_dir_all(&dump).unwrap();
 }
 
 #[test]
@@ -70,7 +30,7 @@ fn restart_keeps_the_new_release_when_pm2_save_fails_after_the_switch() {
     let site = Site::new(false);
     site.deploy(&site.app("v1", Behaviour::Healthy), "r1")
         .success();
-    site.break_pm2_save();
+    break_pm2_save(&site);
     let out = site
         .deploy(&site.app("v2", Behaviour::Healthy), "r2")
         .success();
@@ -82,7 +42,7 @@ fn restart_keeps_the_new_release_when_pm2_save_fails_after_the_switch() {
     assert!(site.remote.join("releases/r2").is_dir());
     assert!(site.answer().starts_with("v2"), "{}", site.answer());
     assert!(!site.remote.join(".dropship/pending").exists());
-    assert_eq!(site.process_names(), ["site"]);
+    assert_eq!(process_names(&site), ["site"]);
 }
 
 #[test]
@@ -90,7 +50,7 @@ fn blue_green_keeps_the_new_release_when_pm2_save_fails_after_the_switch() {
     let site = Site::new(true);
     site.deploy(&site.app("v1", Behaviour::Healthy), "r1")
         .success();
-    site.break_pm2_save();
+    break_pm2_save(&site);
     let out = site
         .deploy(&site.app("v2", Behaviour::Healthy), "r2")
         .success();
@@ -101,7 +61,7 @@ fn blue_green_keeps_the_new_release_when_pm2_save_fails_after_the_switch() {
     assert_eq!(site.live(), "releases/r2");
     assert!(site.answer().starts_with("v2"), "{}", site.answer());
     let (_, green) = site.ports;
-    assert_eq!(site.process_names(), [format!("site-{green}")]);
+    assert_eq!(process_names(&site), [format!("site-{green}")]);
     // The next deploy finds the live port in the state and uses the other one.
     site.deploy(&site.app("v3", Behaviour::Healthy), "r3")
         .success();
@@ -157,7 +117,7 @@ fn an_out_of_date_pm2_daemon_still_has_its_old_process_replaced() {
         } else {
             vec!["site".to_owned()]
         };
-        assert_eq!(site.process_names(), expected, "blue-green: {blue_green}");
+        assert_eq!(process_names(&site), expected, "blue-green: {blue_green}");
     }
 }
 
@@ -320,6 +280,6 @@ fn blue_green_finishes_the_switch_when_the_state_cannot_be_written_after_nginx_m
     );
     assert_eq!(site.live(), "releases/r3");
     assert!(site.answer().starts_with("v3"), "{}", site.answer());
-    assert_eq!(site.process_names(), [format!("site-{}", site.ports.0)]);
+    assert_eq!(process_names(&site), [format!("site-{}", site.ports.0)]);
     assert!(!site.remote.join(".dropship/pending").exists());
 }

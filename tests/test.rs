@@ -180,3 +180,13 @@ pub fn run_none() -> serde_json::Value {
         "nginx_upstream": "/tmp/none.conf", "nginx_reload": "true",
     })
 }
+
+/// Asserts that the run's stderr holds `text`.
+#[track_caller]
+pub fn assert_contains(out: &Output, text: &str) {
+    assert!(
+        out.stderr.contains(text),
+        "expected `{text}` in:\n{}",
+        out.stderr
+    );
+}

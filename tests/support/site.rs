@@ -4,7 +4,8 @@
 use std::fs;
 use std::path::PathBuf;
 
-use super::runtime::{Behaviour, Nginx, free_port, get, node_app};
+use super::runtime::{Behaviour, Nginx, Pm2Home, free_port, get, node_app};
+use crate::test::Test;
 
 /// Prints the health and drain steps of a deploy's log (the figures the
 /// load tests report).
@@ -87,5 +88,38 @@ impl Site {
             .unwrap()
             .display()
             .to_string()
+    }
+}
+
+/// A site run by PM2, with its own `PM2_HOME`.
+pub struct Pm2Site {
+    pub site: Site,
+    pub pm2: Pm2Home,
+}
+
+impl std::ops::Deref for Pm2Site {
+    type Target = Site;
+    fn deref(&self) -> &Site {
+        &self.site
+    }
+}
+
+impl Pm2Site {
+    /// A PM2 site with nginx in front when `blue_green`.
+    pub fn new(blue_green: bool) -> Pm2Site {
+        Pm2Site {
+            site: Site::new(blue_green),
+            pm2: Pm2Home::new(),
+        }
+    }
+
+    /// `deploy` of `app` as `release`, with a 20 s health timeout.
+    pub fn deploy(&self, app: &std::path::Path, release: &str) -> Test {
+        Test::new()
+            .arg("deploy")
+            .args(self.site.run_args(20))
+            .args(["--release", release, "--working-directory"])
+            .arg(app)
+            .env("PM2_HOME", &self.pm2.path_str())
     }
 }

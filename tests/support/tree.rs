@@ -121,3 +121,17 @@ pub fn assert_same_tree_except(expected: &Path, actual: &Path, ignore: &[&str]) 
     }
     panic!("{msg}");
 }
+
+/// Copies the files of `from` into `to` (created), following the tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
