@@ -122,9 +122,11 @@ impl Seen {
     }
 }
 
-/// Opens the skew fixture built as `A` in headless Chromium, deploys the build
-/// `B` with `keep_assets`, then has the open page load its lazy panel and
-/// follow its link; prints and returns what the browser saw.
+/// Opens the skew fixture built as `A` in headless Chromium (an App Router
+/// and a Pages Router tab), deploys the build `B` with `keep_assets`, then has
+/// the first tab load its lazy panel and follow its prefetched link, and the
+/// second follow a link to a page whose chunk it never loaded; prints and
+/// returns what the browser saw.
 fn open_a_then_deploy_b(keep_assets: &str) -> Seen {
     let a = nextapp::built_with("skew", &[("NEXT_PUBLIC_SKEW_BUILD", "A")]);
     let b = nextapp::built_with("skew", &[("NEXT_PUBLIC_SKEW_BUILD", "B")]);
@@ -143,12 +145,15 @@ fn open_a_then_deploy_b(keep_assets: &str) -> Seen {
             .success()
     };
     deploy(&a, "a");
-    let mut browser = browser::open(&format!("http://127.0.0.1:{port}/"), work.path());
-    assert_eq!(browser.next_line()["opened"], "Page of build A");
+    let mut browser = browser::open(&format!("http://127.0.0.1:{port}"), work.path());
+    let opened = browser.next_line();
+    assert_eq!(opened["opened"], "Page of build A");
+    assert_eq!(opened["legacy"], "Legacy page of build A");
     deploy(&b, "b");
     let seen = Seen {
         json: browser.after_deploy(),
     };
+    drop(browser);
     eprintln!(
         "browser after deploying B with keep-assets {keep_assets}: {:#}",
         seen.json
@@ -159,30 +164,66 @@ fn open_a_then_deploy_b(keep_assets: &str) -> Seen {
 #[test]
 fn a_page_of_the_previous_release_loads_its_lazy_chunks_and_routes_after_a_deploy() {
     let seen = open_a_then_deploy_b("3");
-    assert_eq!(seen.text("panel"), Some("Panel of build A"));
-    let other = seen.text("other").unwrap_or_default();
-    assert!(other.starts_with("Other page of build "), "{:#}", seen.json);
+    assert_eq!(
+        seen.text("panel"),
+        Some("Panel of build A"),
+        "{:#}",
+        seen.json
+    );
+    // Its chunks were fetched with the prefetch, before the deploy.
+    assert_eq!(
+        seen.text("other"),
+        Some("Other page of build A"),
+        "{:#}",
+        seen.json
+    );
+    // Rendered in place from build A's chunk, fetched after the deploy.
+    assert_eq!(
+        seen.text("legacyOther"),
+        Some("Legacy other page of build A"),
+        "{:#}",
+        seen.json
+    );
+    assert_eq!(seen.json["sameDocument"], true, "{:#}", seen.json);
     assert_eq!(seen.console("error"), Vec::<&str>::new(), "{:#}", seen.json);
     assert_eq!(seen.json["pageErrors"], serde_json::json!([]));
     assert_eq!(seen.json["failed"], serde_json::json!([]));
     let loaded = seen.json["loadedAfterDeploy"].to_string();
-    assert!(loaded.contains("/_next/static/chunks/"), "{loaded}");
+    assert!(
+        loaded.contains("/_next/static/chunks/pages/legacy-other-"),
+        "{loaded}"
+    );
 }
 
 #[test]
 fn without_keep_assets_the_page_of_the_previous_release_fails_to_load_its_chunk() {
     let seen = open_a_then_deploy_b("0");
-    // The fault skew protection is for: the old page's chunk is gone.
+    // The fault skew protection is for: the old page's chunks are gone.
     assert_eq!(seen.text("panel"), None, "{:#}", seen.json);
     let errors = seen.console("error").join("\n");
-    assert!(errors.contains("ChunkLoadError"), "{:#}", seen.json);
-    let failed = seen.json["failed"].as_array().cloned().unwrap_or_default();
     assert!(
-        failed.iter().any(|f| f["status"] == 404
-            && f["url"]
-                .as_str()
-                .is_some_and(|u| u.contains("/_next/static/chunks/"))),
+        errors.contains("ChunkLoadError: Loading chunk"),
         "{:#}",
         seen.json
     );
+    let not_found = |chunk: &str| {
+        let failed = seen.json["failed"].as_array().into_iter().flatten();
+        failed
+            .clone()
+            .any(|f| f["status"] == 404 && f["url"].as_str().is_some_and(|url| url.contains(chunk)))
+    };
+    assert!(not_found("/_next/static/chunks/"), "{:#}", seen.json);
+    // The Pages Router reloads the whole document from the new build instead.
+    assert!(
+        not_found("/_next/static/chunks/pages/legacy-other-"),
+        "{:#}",
+        seen.json
+    );
+    assert_eq!(
+        seen.text("legacyOther"),
+        Some("Legacy other page of build B"),
+        "{:#}",
+        seen.json
+    );
+    assert_eq!(seen.json["sameDocument"], false, "{:#}", seen.json);
 }

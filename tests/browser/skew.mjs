@@ -1,13 +1,15 @@
-// Opens a page in headless Chromium, waits for a line on stdin (the test
-// deploys the next release meanwhile), then opens the page's lazily loaded
-// panel and follows its link to a page not visited yet. Prints one JSON line
-// when the page is open and one with what happened after the deploy.
+// Opens two tabs in headless Chromium — an App Router page and a Pages
+// Router page — and waits for a line on stdin (the test deploys the next
+// release meanwhile). Then the first tab opens its lazily loaded panel and
+// follows its (prefetched) link, the second follows a link to a page whose
+// chunk it never loaded. Prints one JSON line once the tabs are open and one
+// with what happened after the deploy.
 //
-// usage: node skew.mjs <chromium> <url> <fresh user-data-dir>
+// usage: node skew.mjs <chromium> <base url> <fresh user-data-dir>
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
-const [executablePath, url, userDataDir] = process.argv.slice(2);
+const [executablePath, base, userDataDir] = process.argv.slice(2);
 const WAIT_MS = 15000;
 
 const context = await chromium.launchPersistentContext(userDataDir, {
@@ -23,47 +25,64 @@ const context = await chromium.launchPersistentContext(userDataDir, {
     '--disable-sync',
   ],
 });
-const page = context.pages()[0] ?? (await context.newPage());
 const seen = { console: [], pageErrors: [], failed: [], loaded: [] };
-page.on('console', (m) => seen.console.push({ type: m.type(), text: m.text() }));
-page.on('pageerror', (e) => seen.pageErrors.push(String(e)));
-page.on('requestfailed', (r) => seen.failed.push({ url: r.url(), error: r.failure()?.errorText }));
-page.on('response', (r) => {
-  const path = new URL(r.url()).pathname;
-  if (r.status() >= 400) seen.failed.push({ url: r.url(), status: r.status() });
-  else if (path.startsWith('/_next/static/')) seen.loaded.push(path);
-});
+const watch = (page) => {
+  page.on('console', (m) =>
+    seen.console.push({ type: m.type(), text: m.text(), url: m.location()?.url ?? '' }),
+  );
+  page.on('pageerror', (e) => seen.pageErrors.push(String(e)));
+  page.on('requestfailed', (r) => seen.failed.push({ url: r.url(), error: r.failure()?.errorText }));
+  page.on('response', (r) => {
+    const path = new URL(r.url()).pathname;
+    if (r.status() >= 400) seen.failed.push({ url: r.url(), status: r.status() });
+    else if (path.startsWith('/_next/static/')) seen.loaded.push(path);
+  });
+  return page;
+};
+const app = watch(context.pages()[0] ?? (await context.newPage()));
+const legacy = watch(await context.newPage());
 
-await page.goto(url, { waitUntil: 'networkidle' });
-// Let the router prefetch the link's route while this release serves.
-await page.waitForTimeout(1000);
-const opened = await page.textContent('h1');
-console.log(JSON.stringify({ opened }));
+await app.goto(`${base}/`, { waitUntil: 'networkidle' });
+await legacy.goto(`${base}/legacy`, { waitUntil: 'networkidle' });
+// Let the App Router prefetch its link's route while this release serves.
+await app.waitForTimeout(1000);
+// Gone if a navigation reloads the document instead of rendering in place.
+await legacy.evaluate(() => {
+  window.__sameDocument = true;
+});
+console.log(JSON.stringify({ opened: await app.textContent('h1'), legacy: await legacy.textContent('h1') }));
 
 const lines = createInterface({ input: process.stdin });
 await new Promise((resolve) => lines.once('line', resolve));
 const before = seen.loaded.length;
 
-const text = async (selector) =>
+const text = async (page, selector) =>
   page
     .waitForSelector(selector, { timeout: WAIT_MS })
     .then((element) => element.textContent())
     .catch(() => null);
 
-await page.click('#open');
-const panel = await text('#panel');
+await app.click('#open');
+const panel = await text(app, '#panel');
 let other = null;
-if (await page.$('#other')) {
-  await page.click('#other');
-  other = await text('#other-page');
+if (await app.$('#other')) {
+  await app.click('#other');
+  other = await text(app, '#other-page');
 }
+await legacy.click('#legacy-link');
+const legacyOther = await text(legacy, '#legacy-other');
+const sameDocument = await legacy.evaluate(() => window.__sameDocument === true).catch(() => null);
+
 const result = {
   panel,
   other,
-  url: page.url(),
+  legacyOther,
+  sameDocument,
   loadedAfterDeploy: seen.loaded.slice(before),
   ...seen,
 };
 delete result.loaded;
 console.log(JSON.stringify(result));
-await context.close();
+// Closing may wait on a browser that is already gone: give it 5 s.
+await Promise.race([context.close(), new Promise((resolve) => setTimeout(resolve, 5000))]);
+process.exit(0);
