@@ -149,6 +149,10 @@ fn open_a_then_deploy_b(keep_assets: &str) -> Seen {
     let opened = browser.next_line();
     assert_eq!(opened["opened"], "Page of build A");
     assert_eq!(opened["legacy"], "Legacy page of build A");
+    assert_eq!(
+        opened["prefetched"], true,
+        "the App Router prefetched /other"
+    );
     deploy(&b, "b");
     let seen = Seen {
         json: browser.after_deploy(),

@@ -44,13 +44,22 @@ const legacy = watch(await context.newPage());
 
 await app.goto(`${base}/`, { waitUntil: 'networkidle' });
 await legacy.goto(`${base}/legacy`, { waitUntil: 'networkidle' });
-// Let the App Router prefetch its link's route while this release serves.
-await app.waitForTimeout(1000);
+// Let the App Router prefetch its link's route (and its chunk) while this release serves.
+const prefetched = () => seen.loaded.some((path) => path.includes('/chunks/app/other/page-'));
+for (let waited = 0; !prefetched() && waited < WAIT_MS; waited += 100) {
+  await app.waitForTimeout(100);
+}
 // Gone if a navigation reloads the document instead of rendering in place.
 await legacy.evaluate(() => {
   window.__sameDocument = true;
 });
-console.log(JSON.stringify({ opened: await app.textContent('h1'), legacy: await legacy.textContent('h1') }));
+console.log(
+  JSON.stringify({
+    opened: await app.textContent('h1'),
+    legacy: await legacy.textContent('h1'),
+    prefetched: prefetched(),
+  }),
+);
 
 const lines = createInterface({ input: process.stdin });
 await new Promise((resolve) => lines.once('line', resolve));
