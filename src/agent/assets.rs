@@ -222,6 +222,93 @@ fn cannot(action: &str, path: &Path, err: &std::io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Entry;
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::MetadataExt;
+
+    /// Writes `files` under `dir` and returns their manifest, with the directories.
+    fn release_tree(dir: &Path, files: &[(&str, &[u8])]) -> Manifest {
+        let mut entries: Vec<Entry> = [".next", ".next/static", ".next/static/chunks"]
+            .iter()
+            .map(|path| Entry {
+                path: (*path).into(),
+                mode: 0o755,
+                kind: Kind::Dir,
+            })
+            .collect();
+        fs::create_dir_all(dir.join(".next/static/chunks")).unwrap();
+        for (path, content) in files {
+            fs::write(dir.join(path), content).unwrap();
+            entries.push(Entry {
+                path: (*path).into(),
+                mode: 0o644,
+                kind: Kind::File {
+                    size: content.len() as u64,
+                    hash: manifest::content_hash(&Sha256::digest(content)),
+                },
+            });
+        }
+        Manifest { entries }
+    }
+
+    fn request(release: &str, manifest: Manifest, keep: usize) -> DeployRequest {
+        let mut request: DeployRequest = serde_json::from_value(serde_json::json!({
+            "target": {"protocol": 1, "root": "/srv/app", "by": "t", "lock_timeout_secs": 1, "dry_run": false},
+            "release": release, "manifest": {"entries": []}, "shared": [], "keep_releases": 5,
+            "idle_timeout_secs": 300, "server_dir": ".", "env": null,
+            "run": {"app": "app", "process_manager": "none", "start": "node server.js",
+                "strategy": "restart", "ports": [3000], "health_path": "/", "health_timeout_secs": 1,
+                "nginx_upstream": "/x", "nginx_reload": "true"},
+        }))
+        .unwrap();
+        request.manifest = manifest;
+        request.keep_assets = keep;
+        request
+    }
+
+    #[test]
+    fn the_live_releases_files_as_committed_are_linked_and_a_changed_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().to_str().unwrap()).unwrap();
+        store.create_layout().unwrap();
+        let staging = store.staging_dir("r1");
+        let (old, changed) = (
+            ".next/static/chunks/old.js",
+            ".next/static/chunks/changed.js",
+        );
+        let manifest = release_tree(&staging, &[(old, b"old"), (changed, b"changed")]);
+        store
+            .commit_staging(&staging, "r1", &manifest, ".")
+            .unwrap();
+        store.switch("r1").unwrap();
+        let r1 = store.release_dir("r1");
+        fs::write(r1.join(changed), b"changed on the server").unwrap();
+
+        let staging = store.staging_dir("r2");
+        let new = ".next/static/chunks/new.js";
+        let manifest = release_tree(&staging, &[(new, b"new")]);
+        let note = carry(&store, &staging, &request("r2", manifest.clone(), 3)).unwrap();
+        assert_eq!(
+            note.as_deref(),
+            Some(
+                "skew protection: .next/static also holds 1 file of earlier releases (keep-assets: 3)"
+            )
+        );
+        let ino = |path: &Path| fs::metadata(path).unwrap().ino();
+        assert_eq!(ino(&staging.join(old)), ino(&r1.join(old)));
+        assert!(!staging.join(changed).exists());
+        assert_eq!(recorded(&store, "r2").len(), 1);
+
+        // Off: nothing linked, nothing recorded.
+        let staging = store.staging_dir("r3");
+        let manifest = release_tree(&staging, &[(new, b"new")]);
+        assert_eq!(
+            carry(&store, &staging, &request("r3", manifest, 0)).unwrap(),
+            None
+        );
+        assert!(!staging.join(old).exists());
+        assert!(!store.assets_path("r3").exists());
+    }
 
     #[test]
     fn the_static_directory_must_be_a_real_directory_inside_the_release() {
