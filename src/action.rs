@@ -66,6 +66,7 @@ const INPUTS: &[(&str, &str, Kind)] = &[
     ("app", "app", Kind::Value),
     ("release", "release", Kind::Value),
     ("keep-releases", "keep-releases", Kind::Value),
+    ("keep-assets", "keep-assets", Kind::Value),
     ("shared", "shared", Kind::List),
     ("process-manager", "process-manager", Kind::Value),
     ("start", "start", Kind::Value),

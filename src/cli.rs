@@ -117,6 +117,9 @@ pub struct DeployArgs {
     /// Finished releases kept per host (the live one and its predecessor are never removed).
     #[arg(long, default_value_t = 5)]
     pub keep_releases: usize,
+    /// Skew protection: the new release's `.next/static` also holds the files of the last N releases' (0: off).
+    #[arg(long, default_value_t = 3)]
+    pub keep_assets: usize,
     /// Paths kept across releases in `shared/` and linked into each release, one per flag or line.
     #[arg(long, default_value = ".env")]
     pub shared: Vec<String>,

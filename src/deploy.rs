@@ -104,6 +104,7 @@ fn ship(
         manifest: release.manifest.clone(),
         shared: inputs.shared.clone(),
         keep_releases: inputs.keep_releases,
+        keep_assets: inputs.keep_assets,
         idle_timeout_secs: IDLE_TIMEOUT_SECS,
         server_dir: release.server_dir.clone(),
         run: inputs.run.clone(),
@@ -400,7 +401,8 @@ fn stage_on(
         conn.send(&Command::Activate)?;
         conn.send(&Command::Commit)?;
     }
-    match conn.event()? {
+    // Staging may report a step first (the assets kept for skew protection).
+    match wait_ready(&mut conn, &mut Vec::new())? {
         Event::Staged { files, reused, .. } => {
             let secs = started.elapsed().as_secs_f64();
             report.stage_secs = secs;

@@ -40,6 +40,8 @@ pub struct Deploy {
     pub release: String,
     /// Releases kept per host.
     pub keep_releases: usize,
+    /// Earlier releases whose `.next/static` the new one also holds (skew protection).
+    pub keep_assets: usize,
     /// Paths kept across releases.
     pub shared: Vec<String>,
     /// How the release runs.
@@ -156,6 +158,7 @@ impl Deploy {
             source,
             release,
             keep_releases: args.keep_releases,
+            keep_assets: args.keep_assets,
             shared,
         })
     }

@@ -76,6 +76,9 @@ pub struct DeployRequest {
     pub shared: Vec<String>,
     /// Finished releases to keep.
     pub keep_releases: usize,
+    /// Earlier releases whose `.next/static` files the new one also holds (0: none).
+    #[serde(default)]
+    pub keep_assets: usize,
     /// Seconds of silence from the client after which the agent gives up.
     pub idle_timeout_secs: u64,
     /// Where `server.js` sits inside the release (`.` at the top).
@@ -444,6 +447,7 @@ mod tests {
                 manifest,
                 shared: vec![".env".into(), "uploads/".into()],
                 keep_releases: 5,
+                keep_assets: 3,
                 idle_timeout_secs: 300,
                 server_dir: ".".into(),
                 run: run.clone(),

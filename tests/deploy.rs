@@ -85,7 +85,9 @@ fn redeploy_reuses_the_agent_and_rollback_goes_back() {
         second.stderr
     );
     assert_eq!(live(&remote), "releases/r2");
-    tree::assert_same_tree_except(&expected_v2, &remote.join("current"), &[".env"]);
+    // With v1's build-id directory, kept by `keep-assets` (tests/skew.rs).
+    let carried = fixture::static_build_dir("v1");
+    tree::assert_same_tree_except(&expected_v2, &remote.join("current"), &[".env", &carried]);
 
     let listed = Test::new()
         .arg("releases")
@@ -269,7 +271,9 @@ fn a_redeploy_sends_only_new_content_and_links_the_rest() {
     // The fixture's changed files include 200 KB of random data; the rest was not sent.
     let sent = second.json()["artifact-bytes"].as_u64().unwrap();
     assert!(sent < first["artifact-bytes"].as_u64().unwrap(), "{sent}");
-    tree::assert_same_tree_except(&expected_v2, &remote.join("current"), &[".env"]);
+    // With v1's build-id directory, kept by `keep-assets` (tests/skew.rs).
+    let carried = fixture::static_build_dir("v1");
+    tree::assert_same_tree_except(&expected_v2, &remote.join("current"), &[".env", &carried]);
     // The old release is untouched, and unchanged files share their inode.
     tree::assert_same_tree_except(&expected_v1, &remote.join("releases/r1"), &[".env"]);
     let robots = |r: &str| {
@@ -302,7 +306,9 @@ fn a_release_split_over_several_channels_lands_whole() {
         .args(["--release", "r2"])
         .env("DROPSHIP_CHANNELS", "3")
         .success();
-    tree::assert_same_tree_except(&expected_v2, &remote.join("current"), &[".env"]);
+    // With v1's build-id directory, kept by `keep-assets` (tests/skew.rs).
+    let carried = fixture::static_build_dir("v1");
+    tree::assert_same_tree_except(&expected_v2, &remote.join("current"), &[".env", &carried]);
     let local = work.path().join("local");
     Test::new()
         .args(["deploy", "--host", "local", "--process-manager", "none"])

@@ -5,6 +5,7 @@
 //! nothing about GitHub or SSH: only the protocol and the store.
 
 mod activate;
+mod assets;
 mod doctor;
 mod health;
 mod idle;
@@ -277,6 +278,9 @@ impl<W: Write> Session<W> {
             reuse,
         )?;
         store.link_shared(staging, &request.shared, &request.manifest)?;
+        if let Some(message) = assets::carry(store, staging, request)? {
+            self.emit(&Event::Progress { message })?;
+        }
         // Modes last: a read-only directory of the build must not keep out a shared link.
         receive::set_dir_modes(&request.manifest.with_shared(&request.shared), staging)?;
         store::sync_filesystem(staging)?;

@@ -7,6 +7,7 @@
 //! .dropship/lock        the deploy lock (flock; released by the kernel if a deploy dies)
 //! .dropship/meta/<id>.json   when each release arrived, its size
 //! .dropship/identities/<id>.json   inode, size and time of its files at commit
+//! .dropship/assets/<id>.json   earlier releases' `.next/static` files it holds ([`super::assets`])
 //! .dropship/staging/    releases being received; stale ones are removed under the lock
 //! .dropship/releases.log     one JSON line per deploy, rollback and revert
 //! .dropship/pending     the release being activated, and a switch under way ([`Switch`])
@@ -193,6 +194,16 @@ impl Store {
             .join(format!("{release}.json"))
     }
 
+    /// `.dropship/assets/`: what each release carries of earlier releases' `.next/static`.
+    pub fn assets_dir(&self) -> PathBuf {
+        self.dot().join("assets")
+    }
+
+    /// `.dropship/assets/<id>.json` (see [`super::assets`]).
+    pub fn assets_path(&self, release: &str) -> PathBuf {
+        self.assets_dir().join(format!("{release}.json"))
+    }
+
     fn meta_path(&self, release: &str) -> PathBuf {
         self.dot().join("meta").join(format!("{release}.json"))
     }
@@ -212,6 +223,7 @@ impl Store {
             self.dot().join("meta"),
             self.dot().join("manifests"),
             self.dot().join("identities"),
+            self.assets_dir(),
             self.dot().join("staging"),
         ] {
             fs::create_dir_all(&dir).at("create", &dir)?;
@@ -564,6 +576,7 @@ impl Store {
         let _ = fs::remove_file(self.meta_path(release));
         let _ = fs::remove_file(self.manifest_path(release));
         let _ = fs::remove_file(self.identities_path(release));
+        let _ = fs::remove_file(self.assets_path(release));
         Ok(())
     }
 

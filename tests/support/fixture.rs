@@ -69,6 +69,12 @@ pub fn nextjs_monorepo_app(root: &Path) -> PathBuf {
     app
 }
 
+/// The build-id directory of `variant`'s `.next/static`, relative to a release:
+/// what a later release of another variant also holds (`keep-assets`).
+pub fn static_build_dir(variant: &str) -> String {
+    format!(".next/static/{}", sanitize(&build_id(variant)))
+}
+
 /// The release tree dropship must assemble from `app` (for comparison):
 /// standalone contents at the top, `.next/static` copied to `.next/static`,
 /// `public` copied to `public`, minus files matching `**/*.map`. Symlinks are

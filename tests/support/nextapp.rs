@@ -24,23 +24,31 @@ const DONE: &str = ".fixture-built";
 ///
 /// Panics with npm's output when the build fails (is the npm registry reachable?).
 pub fn built(name: &str) -> PathBuf {
+    built_with(name, &[])
+}
+
+/// The same, built with `env` in the environment of `npm run build` (e.g.
+/// `NEXT_PUBLIC_*` values, which Next.js inlines into the client chunks): each
+/// `env` is its own build, in its own directory.
+pub fn built_with(name: &str, env: &[(&str, &str)]) -> PathBuf {
     static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let key = format!("{name} {env:?}");
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(dir) = built.get(name) {
+    if let Some(dir) = built.get(&key) {
         return dir.clone();
     }
-    let dir = build(name);
-    built.insert(name.to_owned(), dir.clone());
+    let dir = build(name, env);
+    built.insert(key, dir.clone());
     dir
 }
 
-fn build(name: &str) -> PathBuf {
+fn build(name: &str, env: &[(&str, &str)]) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/apps")
         .join(name);
     let root = target_dir().join("fixture-apps");
     fs::create_dir_all(&root).unwrap();
-    let out = root.join(format!("{name}-{}", sources_hash(&source)));
+    let out = root.join(format!("{name}-{}", sources_hash(&source, env)));
     // Test processes of other runs may build the same fixture at the same time.
     let lock = fs::File::create(root.join(format!("{name}.lock"))).unwrap();
     lock.lock().unwrap();
@@ -52,10 +60,14 @@ fn build(name: &str) -> PathBuf {
     }
     copy_sources(&source, &out);
     let started = std::time::Instant::now();
-    npm(&out, &["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
-    npm(&out, &["run", "build"]);
+    npm(
+        &out,
+        &["ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        &[],
+    );
+    npm(&out, &["run", "build"], env);
     eprintln!(
-        "built fixture `{name}` in {:.1} s: {}",
+        "built fixture `{name}` {env:?} in {:.1} s: {}",
         started.elapsed().as_secs_f64(),
         out.display()
     );
@@ -63,11 +75,12 @@ fn build(name: &str) -> PathBuf {
     out
 }
 
-fn npm(dir: &Path, args: &[&str]) {
+fn npm(dir: &Path, args: &[&str], env: &[(&str, &str)]) {
     let out = Command::new("npm")
         .args(args)
         .current_dir(dir)
         .env("NEXT_TELEMETRY_DISABLED", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run npm (is Node.js installed?)");
     assert!(
@@ -101,9 +114,14 @@ fn sources(source: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The first 16 hex digits of a SHA-256 over every source path and content.
-fn sources_hash(source: &Path) -> String {
+/// The first 16 hex digits of a SHA-256 over every source path and content
+/// (and the build's `env`, when it has one).
+fn sources_hash(source: &Path, env: &[(&str, &str)]) -> String {
     let mut hasher = Sha256::new();
+    for (key, value) in env {
+        hasher.update(format!("{key}={value}").as_bytes());
+        hasher.update([0]);
+    }
     for file in sources(source) {
         hasher.update(file.to_string_lossy().as_bytes());
         hasher.update([0]);
