@@ -338,13 +338,14 @@ fn deploy_and_check(name: &'static str, server_dir: &str, welcome: &str) -> Depl
     let expected =
         fixture::expected_release_at(&site.app, &work.path().join("expected"), server_dir);
     // The shipped `.env` stays beside server.js (the API route shows it is
-    // read); Next.js 16 writes the pages it renders to `.next/server/route-cache`.
+    // read), `shared`'s `.env` is linked at the top of a monorepo's release;
+    // Next.js 16 writes the pages it renders to `.next/server/route-cache`.
     let beside = |rel: &str| format!("{server_dir}/{rel}").replace("./", "");
     fs::remove_file(expected.join(beside(".env"))).unwrap();
     tree::assert_same_tree_except(
         &expected,
         &site.release("1"),
-        &[&beside(".env"), &beside(".next/server/route-cache")],
+        &[".env", &beside(".env"), &beside(".next/server/route-cache")],
     );
     site.check_as_a_user(welcome);
     site.redeploy_and_report(&first, welcome);
@@ -400,4 +401,35 @@ fn monorepo_app_starts_beside_its_server_js() {
         "{home}"
     );
     site.links_resolve_inside("2");
+}
+
+/// A link whose target is not shipped (here pnpm's copy of next, left out by
+/// `exclude`) would crash the app once live: it is refused, exit 2, before
+/// anything changes on the server.
+#[test]
+fn a_link_to_a_package_left_out_of_the_release_is_refused_before_anything_changes() {
+    let app = nextapp::built("pnpm");
+    let work = tempfile::tempdir().unwrap();
+    let remote = work.path().join("srv/web");
+    let out = Test::new()
+        .args(["deploy", "--host", "local", "--process-manager", "none"])
+        .args([
+            "--exclude",
+            "node_modules/.pnpm/next@*",
+            "--working-directory",
+        ])
+        .arg(&app)
+        .arg("--remote-path")
+        .arg(&remote)
+        .status(2);
+    let next = fs::read_link(app.join(".next/standalone/node_modules/next")).unwrap();
+    assert!(
+        out.stderr.contains(&format!(
+            "error: symlink `node_modules/next` points to `{}`, which is not in the release\n  hint: ship what it points to (does `exclude` leave it out?), or add the link to `exclude`\n",
+            next.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!remote.exists(), "{}", remote.display());
 }
