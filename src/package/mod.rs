@@ -367,6 +367,12 @@ fn build_release(
         problem,
         hint: "check the layout of the build output".into(),
     })?;
+    if let Some((path, target)) = manifest.dangling_symlink() {
+        return Err(Error::DanglingSymlink {
+            path: path.to_owned(),
+            target: target.to_owned(),
+        });
+    }
     Ok(Release {
         manifest,
         sources,
