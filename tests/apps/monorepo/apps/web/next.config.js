@@ -6,5 +6,4 @@ module.exports = {
   // The monorepo's root: the build traces the workspace's node_modules and
   // packages/, and server.js lands in .next/standalone/apps/web/.
   outputFileTracingRoot: path.join(__dirname, '../..'),
-  serverExternalPackages: ['@fixture/ui'],
 };

@@ -1,3 +1,4 @@
-// A workspace package, loaded by the server at runtime (serverExternalPackages):
-// the standalone build reaches it through the link node_modules/@fixture/ui.
+// A workspace package (node_modules/@fixture/ui links to it): the build
+// bundles it into the server code, as it does every package that resolves
+// outside node_modules.
 exports.badge = 'from the workspace package @fixture/ui';
