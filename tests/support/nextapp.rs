@@ -50,7 +50,10 @@ fn build(name: &str) -> PathBuf {
     // Test processes of other runs may build the same fixture at the same time.
     let lock = fs::File::create(root.join(format!("{name}.lock"))).unwrap();
     lock.lock().unwrap();
-    let app = out.join(app_dir(&source));
+    let app = match app_dir(&source) {
+        dir if dir.as_os_str().is_empty() => out.clone(),
+        dir => out.join(dir),
+    };
     if out.join(DONE).exists() {
         return app;
     }
