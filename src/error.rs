@@ -39,6 +39,9 @@ pub enum Error {
     /// A symbolic link in the release points outside of it.
     #[error("symlink `{path}` points outside the release (to `{target}`)")]
     EscapingSymlink { path: String, target: String },
+    /// A symbolic link in the release points to nothing the release holds.
+    #[error("symlink `{path}` points to `{target}`, which is not in the release")]
+    DanglingSymlink { path: String, target: String },
     /// A local file operation failed.
     #[error("{action} `{}`: {source}", path.display())]
     Local {
@@ -186,6 +189,7 @@ impl Error {
             Error::Input { .. }
             | Error::Source { .. }
             | Error::EscapingSymlink { .. }
+            | Error::DanglingSymlink { .. }
             | Error::UnpinnedHostKey { .. }
             | Error::HostKeyMismatch { .. }
             | Error::HostKeyRevoked { .. }
@@ -215,6 +219,9 @@ impl Error {
             }
             Error::EscapingSymlink { .. } => {
                 "make the link relative and inside the app, or add it to `exclude`".into()
+            }
+            Error::DanglingSymlink { .. } => {
+                "ship what it points to (does `exclude` leave it out?), or add the link to `exclude`".into()
             }
             Error::Build { .. } => "run the build command locally to see why it fails".into(),
             Error::Connect { .. } => "check the host name and port, and that the firewall or security group lets this machine reach SSH".into(),

@@ -3,7 +3,7 @@
 //! The client builds it from the assembled release; the agent validates it before
 //! accepting a single byte and checks every unpacked file against it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -170,6 +170,62 @@ impl Manifest {
         }
         Ok(())
     }
+
+    /// The first symlink that, followed through the release's own links, does
+    /// not reach an entry of the release: `(link, target)`. Such a link would
+    /// fail once live (pnpm's `node_modules` reach every package through
+    /// links, so a package left out breaks the app).
+    pub fn dangling_symlink(&self) -> Option<(&str, &str)> {
+        let kinds: HashMap<&str, &Kind> = self
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), &e.kind))
+            .collect();
+        self.entries.iter().find_map(|entry| match &entry.kind {
+            Kind::Symlink { target } if !resolves(&kinds, &entry.path) => {
+                Some((entry.path.as_str(), target.as_str()))
+            }
+            _ => None,
+        })
+    }
+}
+
+/// Links followed at most while resolving one path (Linux's limit).
+const MAX_LINK_HOPS: usize = 40;
+
+/// Whether the release path `path`, its links followed, names an entry of
+/// `kinds` (or the release's top) without leaving the release.
+fn resolves(kinds: &HashMap<&str, &Kind>, path: &str) -> bool {
+    let mut todo: VecDeque<&str> = path.split('/').collect();
+    let mut done: Vec<&str> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = todo.pop_front() {
+        match part {
+            "" | "." => continue,
+            ".." => {
+                if done.pop().is_none() {
+                    return false;
+                }
+                continue;
+            }
+            name => done.push(name),
+        }
+        match kinds.get(done.join("/").as_str()) {
+            None => return false,
+            Some(Kind::Symlink { target }) => {
+                hops += 1;
+                if hops > MAX_LINK_HOPS || target.starts_with('/') {
+                    return false;
+                }
+                done.pop();
+                for part in target.split('/').rev() {
+                    todo.push_front(part);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    true
 }
 
 /// Whether the release path `path` is `top` or lies inside it.
@@ -267,6 +323,58 @@ mod tests {
             check_symlink_target("node_modules/react", ".pnpm/react@19/node_modules/react").is_ok()
         );
         assert!(check_symlink_target("a", "b/c").is_ok());
+    }
+
+    /// A manifest of directories `dirs`, an empty file `file` and `links` (path, target).
+    fn tree(dirs: &[&str], file: &str, links: &[(&str, &str)]) -> Manifest {
+        let mut entries: Vec<Entry> = dirs.iter().map(|d| entry(d, Kind::Dir)).collect();
+        entries.push(entry(
+            file,
+            Kind::File {
+                size: 0,
+                hash: "0".repeat(32),
+            },
+        ));
+        for (path, target) in links {
+            let target = (*target).to_owned();
+            entries.push(entry(path, Kind::Symlink { target }));
+        }
+        Manifest { entries }
+    }
+
+    #[test]
+    fn links_are_followed_through_links_to_an_entry() {
+        // pnpm: node_modules/next -> .pnpm/next@16/node_modules/next, whose own
+        // dependencies are links beside it.
+        let dirs = [
+            "node_modules",
+            "node_modules/.pnpm",
+            "node_modules/.pnpm/next@16",
+            "node_modules/.pnpm/next@16/node_modules",
+            "node_modules/.pnpm/next@16/node_modules/next",
+        ];
+        let file = "node_modules/.pnpm/next@16/node_modules/next/index.js";
+        let ok = tree(
+            &dirs,
+            file,
+            &[
+                ("node_modules/next", ".pnpm/next@16/node_modules/next"),
+                ("node_modules/n", "next/index.js"),
+                ("top", "."),
+            ],
+        );
+        assert_eq!(ok.dangling_symlink(), None);
+        for (link, target) in [
+            ("node_modules/react", ".pnpm/react@19/node_modules/react"),
+            ("loop", "loop"),
+            ("a", "b"),
+            ("node_modules/x", "../top/node_modules/../.."),
+        ] {
+            let mut links = vec![("b", "a"), ("top", ".")];
+            links.push((link, target));
+            let broken = tree(&dirs, file, &links);
+            assert!(broken.dangling_symlink().is_some(), "{link} -> {target}");
+        }
     }
 
     #[test]

@@ -1403,3 +1403,37 @@ fn a_server_refusing_a_second_channel_gets_the_release_on_one() {
     tree::assert_same_tree_except(&expected, &remote.join("current"), &[".env", &carried]);
     assert!(staging_entries(&remote).is_empty());
 }
+
+/// A stalled server (CPU starved, swapping) leaves the agent silent for longer
+/// than the 15 s SSH keepalive interval: the client keeps waiting, sending
+/// keepalives, up to its 120 s call timeout, and the deploy completes.
+#[test]
+fn an_agent_silent_for_longer_than_the_keepalive_interval_is_waited_for() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let remote = work.path().join("app");
+    let child = Test::deploy_over_ssh(&sshd, &app, &remote)
+        .args(["--release", "r1"])
+        .spawn_piped();
+    let mut client = Watched::new(child);
+    assert!(
+        client
+            .wait_for_line(": ready (live: nothing yet", Duration::from_secs(60))
+            .is_some(),
+        "{}",
+        client.stderr()
+    );
+    let agents = process::agent_pids(&remote);
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    process::signal(agents[0], libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(25));
+    process::signal(agents[0], libc::SIGCONT);
+    assert_eq!(
+        client.wait(Duration::from_secs(60)),
+        Ended::Exited(0),
+        "{}",
+        client.stderr()
+    );
+    assert_eq!(live(&remote).as_deref(), Some("releases/r1"));
+}

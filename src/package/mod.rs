@@ -204,13 +204,15 @@ fn find_server_dir(standalone: &Path) -> Result<String> {
     if standalone.join("server.js").is_file() {
         return Ok(".".into());
     }
+    // No `min_depth`: walkdir hides the entries above it from `filter_entry`,
+    // so the top `node_modules` (react-dom and next ship server.js files) would
+    // not be pruned. The top server.js was looked for above.
     let found: Vec<String> = walkdir::WalkDir::new(standalone)
-        .min_depth(2)
         .max_depth(6)
         .into_iter()
         .filter_entry(|e| e.file_name() != "node_modules" && e.file_name() != ".next")
         .filter_map(std::result::Result::ok)
-        .filter(|e| e.file_name() == "server.js" && e.file_type().is_file())
+        .filter(|e| e.depth() >= 2 && e.file_name() == "server.js" && e.file_type().is_file())
         .filter_map(|e| {
             e.path()
                 .parent()?
@@ -365,6 +367,12 @@ fn build_release(
         problem,
         hint: "check the layout of the build output".into(),
     })?;
+    if let Some((path, target)) = manifest.dangling_symlink() {
+        return Err(Error::DanglingSymlink {
+            path: path.to_owned(),
+            target: target.to_owned(),
+        });
+    }
     Ok(Release {
         manifest,
         sources,

@@ -351,15 +351,30 @@ struct SshLink {
     round_trip: Duration,
 }
 
+/// Runs a blocking libssh2 call until it stops timing out or [`CALL_TIMEOUT`]
+/// has passed. With keepalives on, libssh2 waits for the socket only until
+/// the next keepalive is due (at most 15 s) and then fails with "Timed out
+/// waiting on socket" instead of sending it; the next call sends it.
+fn patiently<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let started = Instant::now();
+    loop {
+        match call() {
+            Err(err)
+                if err.kind() == io::ErrorKind::TimedOut && started.elapsed() < CALL_TIMEOUT => {}
+            done => return done,
+        }
+    }
+}
+
 impl Read for SshLink {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.channel.read(buf)
+        patiently(|| self.channel.read(buf))
     }
 }
 
 impl Write for SshLink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.channel.write(buf)
+        patiently(|| self.channel.write(buf))
     }
 
     /// Nothing to do: a blocking libssh2 write has sent its bytes when it returns.

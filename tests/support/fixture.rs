@@ -64,6 +64,11 @@ pub fn nextjs_monorepo_app(root: &Path) -> PathBuf {
     );
     write_server_part(&standalone.join("apps/web"), variant);
     write_node_modules(&standalone.join("node_modules"));
+    // As in a real monorepo's standalone build: packages have server.js files too.
+    write_file(
+        &standalone.join("node_modules/react-dom/server.js"),
+        b"\"use strict\";\nmodule.exports = require('./server.node');\n",
+    );
     write_build_outputs(&app, variant);
     write_sources(&app);
     app
@@ -81,10 +86,17 @@ pub fn static_build_dir(variant: &str) -> String {
 /// copied as symlinks, modes are preserved. Writes it under `dest` (created
 /// if missing) and returns dest. For the simple (non-monorepo) layout.
 pub fn expected_release(app: &Path, dest: &Path) -> PathBuf {
+    expected_release_at(app, dest, ".")
+}
+
+/// [`expected_release`] with `.next/static` and `public` placed beside the
+/// `server.js` in `server_dir` (`apps/web` of a monorepo; `.` at the top).
+pub fn expected_release_at(app: &Path, dest: &Path, server_dir: &str) -> PathBuf {
     mkdir(dest);
     copy_tree(&app.join(".next/standalone"), dest);
-    copy_tree(&app.join(".next/static"), &dest.join(".next/static"));
-    copy_tree(&app.join("public"), &dest.join("public"));
+    let beside = dest.join(server_dir);
+    copy_tree(&app.join(".next/static"), &beside.join(".next/static"));
+    copy_tree(&app.join("public"), &beside.join("public"));
     dest.to_path_buf()
 }
 

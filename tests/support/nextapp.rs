@@ -1,10 +1,14 @@
-//! Real Next.js apps, built from the fixtures under `tests/apps/<name>/` with
-//! npm (`npm ci`, then `npm run build`) once per machine and version of the
-//! fixture's sources: the build lands in `target/fixture-apps/<name>-<hash>/`,
-//! and every test (and every later run) that needs the app shares it.
+//! Real Next.js apps, built from the fixtures under `tests/apps/<name>/` once
+//! per machine and version of the fixture's sources: the build lands in
+//! `target/fixture-apps/<name>-<hash>/`, and every test (and every later run)
+//! that needs the app shares it.
 //!
-//! A fixture is a directory with `package.json`, `package-lock.json` and the
-//! app's sources; any build that leaves `.next/standalone` works (Next.js
+//! A fixture is a directory with `package.json`, its lockfile and the app's
+//! sources. With `package-lock.json` it is built with npm (`npm ci`, then
+//! `npm run build`), with `pnpm-lock.yaml` with pnpm (`pnpm install
+//! --frozen-lockfile`, then `pnpm run build`). A monorepo (npm workspaces)
+//! builds from its root; its Next.js app is the one directory holding a
+//! `next.config.js`. Any build that leaves `.next/standalone` works (Next.js
 //! versions, App or Pages Router).
 
 use std::collections::BTreeMap;
@@ -19,10 +23,12 @@ use walkdir::WalkDir;
 /// Written last into a finished build: a directory without it is half-built.
 const DONE: &str = ".fixture-built";
 
-/// The built app of fixture `name` (its working directory, with
-/// `.next/standalone` inside), building it first if no run has yet.
+/// The built app of fixture `name` (the Next.js app's directory, with
+/// `.next/standalone` inside: `apps/web` of a monorepo), building it first if
+/// no run has yet.
 ///
-/// Panics with npm's output when the build fails (is the npm registry reachable?).
+/// Panics with the package manager's output when the build fails (is the npm
+/// registry reachable?).
 pub fn built(name: &str) -> PathBuf {
     built_with(name, &[])
 }
@@ -52,40 +58,71 @@ fn build(name: &str, env: &[(&str, &str)]) -> PathBuf {
     // Test processes of other runs may build the same fixture at the same time.
     let lock = fs::File::create(root.join(format!("{name}.lock"))).unwrap();
     lock.lock().unwrap();
+    let app = match app_dir(&source) {
+        dir if dir.as_os_str().is_empty() => out.clone(),
+        dir => out.join(dir),
+    };
     if out.join(DONE).exists() {
-        return out;
+        return app;
     }
     if out.exists() {
         fs::remove_dir_all(&out).unwrap();
     }
     copy_sources(&source, &out);
     let started = std::time::Instant::now();
-    npm(
-        &out,
-        &["ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        &[],
-    );
-    npm(&out, &["run", "build"], env);
+    if source.join("pnpm-lock.yaml").is_file() {
+        run(
+            &out,
+            "pnpm",
+            &["install", "--frozen-lockfile", "--reporter=silent"],
+            &[],
+        );
+        run(&out, "pnpm", &["run", "build"], env);
+    } else {
+        run(
+            &out,
+            "npm",
+            &["ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            &[],
+        );
+        run(&out, "npm", &["run", "build"], env);
+    }
     eprintln!(
         "built fixture `{name}` {env:?} in {:.1} s: {}",
         started.elapsed().as_secs_f64(),
         out.display()
     );
     fs::write(out.join(DONE), b"").unwrap();
-    out
+    app
 }
 
-fn npm(dir: &Path, args: &[&str], env: &[(&str, &str)]) {
-    let out = Command::new("npm")
+/// Where the Next.js app is inside the fixture: the directory of its
+/// `next.config.js` (the top, or `apps/web` of a monorepo).
+fn app_dir(source: &Path) -> PathBuf {
+    let configs: Vec<PathBuf> = sources(source)
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n == "next.config.js"))
+        .collect();
+    match configs.as_slice() {
+        [one] => one.parent().unwrap().to_path_buf(),
+        other => panic!(
+            "fixture {} needs exactly one next.config.js, has {other:?}",
+            source.display()
+        ),
+    }
+}
+
+fn run(dir: &Path, tool: &str, args: &[&str], env: &[(&str, &str)]) {
+    let out = Command::new(tool)
         .args(args)
         .current_dir(dir)
         .env("NEXT_TELEMETRY_DISABLED", "1")
         .envs(env.iter().copied())
         .output()
-        .expect("run npm (is Node.js installed?)");
+        .unwrap_or_else(|err| panic!("run {tool} (bin/test installs it): {err}"));
     assert!(
         out.status.success(),
-        "`npm {}` failed in {} (is the npm registry reachable?)\n{}\n{}",
+        "`{tool} {}` failed in {} (is the npm registry reachable?)\n{}\n{}",
         args.join(" "),
         dir.display(),
         String::from_utf8_lossy(&out.stdout),
