@@ -9,6 +9,7 @@ mod doctor;
 mod health;
 mod idle;
 mod parts;
+mod platform;
 mod pm2;
 pub(crate) mod receive;
 mod reuse;
@@ -27,7 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, ExitStatus, Result};
 use crate::manifest;
 use crate::protocol::{
-    self, Command, DeployRequest, Event, Failure, FailureKind, PROTOCOL_VERSION, Request,
+    self, Command, DeployRequest, Event, Failure, FailureKind, PROTOCOL_VERSION, Platform, Request,
     RollbackRequest, Target,
 };
 use activate::Activator;
@@ -174,8 +175,9 @@ impl<W: Write> Session<W> {
     fn deploy(&mut self, request: &DeployRequest) -> Result<()> {
         let store = self.open(&request.target)?;
         check_deploy_request(request)?;
+        let platform = platform::Detecting::start();
         if request.target.dry_run {
-            return self.plan(&store, request);
+            return self.plan(&store, request, platform.finish());
         }
         let activator = Activator::new(&store, &request.run)?;
         let _lock = self.lock(
@@ -221,6 +223,7 @@ impl<W: Write> Session<W> {
             free_bytes: store.free_bytes(),
             live: store.live(),
             join: parts.as_ref().map(PartListener::join),
+            platform: Some(platform.finish()),
         })?;
         self.input
             .get_mut()
@@ -421,7 +424,7 @@ impl<W: Write> Session<W> {
         }
     }
 
-    fn plan(&mut self, store: &Store, request: &DeployRequest) -> Result<()> {
+    fn plan(&mut self, store: &Store, request: &DeployRequest, platform: Platform) -> Result<()> {
         let live = store.live();
         let mut releases = store.releases()?;
         releases.push(protocol::ReleaseInfo {
@@ -440,6 +443,7 @@ impl<W: Write> Session<W> {
             live,
             would_prune,
             free_bytes: store.free_bytes(),
+            platform: Some(platform),
         })?;
         self.done(Vec::new())
     }
@@ -494,6 +498,7 @@ impl<W: Write> Session<W> {
                 live,
                 would_prune: Vec::new(),
                 free_bytes: store.free_bytes(),
+                platform: None,
             })?;
             return self.done(Vec::new());
         }
