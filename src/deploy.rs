@@ -387,7 +387,10 @@ fn stage_on(
             free_bytes,
             platform,
         } => {
-            let verdict = preflight(host, release, platform.as_ref());
+            if let Err(err) = preflight(host, release, platform.as_ref()) {
+                finish(conn)?;
+                return Err(err);
+            }
             tracing::info!(
                 "{host}: dry run: would ship {} files ({}), switch `current` from {} to the new release, prune [{}]; {} free",
                 release.manifest.file_count(),
@@ -397,7 +400,7 @@ fn stage_on(
                 mb(free_bytes)
             );
             finish(conn)?;
-            return verdict.map(|()| None);
+            return Ok(None);
         }
         other => return Err(conn.unexpected(&other)),
     };

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::support::runtime::{Behaviour, Pm2Home, free_port, node_app};
 use crate::support::sshd::{KeyKind, Sshd};
-use crate::support::{fixture, process};
+use crate::support::{addon, fixture, process, tree};
 use crate::test::{Output, Test};
 
 /// Asserts the exit status, and that stderr is `expected` once every `(text, name)`
@@ -554,4 +554,190 @@ fn a_host_whose_agent_prints_endlessly_without_a_newline() {
         ),
     );
     assert!(!work.path().join("srv/releases/r2").exists());
+}
+
+/// What this machine is, as the preflight names it: `(glibc version, Node version)`,
+/// to be replaced by `[GLIBC]` and `[NODE]`.
+fn this_platform() -> (String, String) {
+    let run = |program: &str, arg: &str| {
+        let out = std::process::Command::new(program)
+            .arg(arg)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let glibc = run("getconf", "GNU_LIBC_VERSION");
+    let glibc = glibc.strip_prefix("glibc ").unwrap().to_owned();
+    (glibc, run("node", "--version"))
+}
+
+/// The fixture app with native addons that fit this x86_64 glibc machine, and
+/// sharp variants for other platforms besides (which are fine).
+fn app_with_addons(work: &Path) -> std::path::PathBuf {
+    let app = fixture::nextjs_app(work, "v1");
+    let nm = app.join(".next/standalone/node_modules");
+    addon::real(
+        work,
+        &nm.join("@img/sharp-linux-x64/lib/sharp-linux-x64.node"),
+    );
+    addon::real(
+        work,
+        &nm.join("@img/sharp-libvips-linux-x64/lib/libvips-cpp.so.42"),
+    );
+    addon::aarch64(
+        work,
+        &nm.join("@img/sharp-linux-arm64/lib/sharp-linux-arm64.node"),
+    );
+    addon::macos(&nm.join("@img/sharp-darwin-arm64/lib/sharp-darwin-arm64.node"));
+    addon::real(
+        work,
+        &nm.join("better-sqlite3/build/Release/better_sqlite3.node"),
+    );
+    app
+}
+
+/// The platform replaced in the texts: `[WORK]`, `[GLIBC]`, `[NODE]`.
+fn platform_vary(work: &Path) -> Vec<(String, &'static str)> {
+    let (glibc, node) = this_platform();
+    vec![
+        (text(work), "WORK"),
+        (format!("glibc {glibc}"), "GLIBC"),
+        (node, "NODE"),
+    ]
+}
+
+fn vary_refs<'a>(vary: &'a [(String, &'static str)]) -> Vec<(&'a str, &'static str)> {
+    vary.iter()
+        .map(|(text, name)| (text.as_str(), *name))
+        .collect()
+}
+
+#[test]
+fn a_native_addon_built_for_another_cpu() {
+    let work = tempfile::tempdir().unwrap();
+    let app = app_with_addons(work.path());
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let out = local_deploy(&app, &remote)
+        .args(["--release", "r1"])
+        .success();
+    let (glibc, node) = this_platform();
+    let fits = format!(
+        "local: preflight: the release can run on linux x86_64, glibc {glibc}, Node {node}\n"
+    );
+    assert!(out.stderr.contains(&fits), "{}", out.stderr);
+
+    addon::aarch64(
+        work.path(),
+        &app.join(".next/standalone/node_modules/canvas/build/Release/canvas.node"),
+    );
+    let before = tree::snapshot(&remote);
+    let expected = concat!(
+        "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 28 files, 0.3 MB, server.js in `.`\n",
+        "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
+        "  - `node_modules/canvas/build/Release/canvas.node` is built for aarch64\n",
+        "  hint: build on a linux x86_64 runner with glibc, so that npm installs or compiles the addon for the server\n",
+    );
+    let dry = local_deploy(&app, &remote)
+        .args(["--release", "r2", "--dry-run"])
+        .run();
+    assert_stderr(&dry, 2, &vary_refs(&vary), expected);
+    let out = local_deploy(&app, &remote).args(["--release", "r2"]).run();
+    assert_stderr(&out, 2, &vary_refs(&vary), expected);
+    // Only the lock file's note of its last holder is rewritten.
+    let without_lock = |mut tree: std::collections::BTreeMap<String, String>| {
+        tree.remove(".dropship/lock");
+        tree
+    };
+    assert_eq!(
+        without_lock(before),
+        without_lock(tree::snapshot(&remote)),
+        "the server changed"
+    );
+}
+
+#[test]
+fn a_release_with_only_another_platforms_sharp() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let nm = app.join(".next/standalone/node_modules");
+    addon::aarch64(
+        work.path(),
+        &nm.join("@img/sharp-linux-arm64/lib/sharp-linux-arm64.node"),
+    );
+    addon::aarch64(
+        work.path(),
+        &nm.join("@img/sharp-libvips-linux-arm64/lib/libvips-cpp.so.42"),
+    );
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let out = local_deploy(&app, &remote).args(["--release", "r1"]).run();
+    assert_stderr(
+        &out,
+        2,
+        &vary_refs(&vary),
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 24 files, 0.2 MB, server.js in `.`\n",
+            "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
+            "  - `node_modules/@img/sharp-linux-arm64` is sharp for linux-arm64 only; this server needs `@img/sharp-linux-x64`\n",
+            "  - `node_modules/@img/sharp-libvips-linux-arm64` is sharp's libvips for linux-arm64 only; this server needs `@img/sharp-libvips-linux-x64`\n",
+            "  hint: in `build`, install the server's variant: `npm install --os=linux --cpu=x64 --libc=glibc sharp`\n",
+        ),
+    );
+    assert!(!remote.join("releases/r1").exists());
+}
+
+#[test]
+fn addons_built_for_musl_or_a_newer_glibc() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let nm = app.join(".next/standalone/node_modules");
+    addon::musl(work.path(), &nm.join("argon2/build/Release/argon2.node"));
+    addon::newer_glibc(
+        work.path(),
+        &nm.join("bcrypt/build/Release/bcrypt_lib.node"),
+    );
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let (glibc, _) = this_platform();
+    let out = local_deploy(&app, &remote).args(["--release", "r1"]).run();
+    let expected = format!(
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 24 files, 0.2 MB, server.js in `.`\n",
+            "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
+            "  - `node_modules/argon2/build/Release/argon2.node` is built for musl libc (Alpine); this server has glibc\n",
+            "  - `node_modules/bcrypt/build/Release/bcrypt_lib.node` needs glibc 99.0; this server has {glibc}\n",
+            "  hint: build on a linux x86_64 runner with glibc, so that npm installs or compiles the addon for the server\n",
+            "        build on a runner whose glibc is {glibc} or older (an older runner image, or a container of the server's distribution), or upgrade the server\n",
+        ),
+        glibc = glibc
+    );
+    assert_stderr(&out, 2, &vary_refs(&vary), &expected);
+    assert!(!remote.join("releases/r1").exists());
+}
+
+#[test]
+fn a_release_that_wants_a_newer_node() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    fs::write(
+        app.join(".next/standalone/package.json"),
+        r#"{ "name": "fixture-app", "private": true, "engines": { "node": ">=99" } }"#,
+    )
+    .unwrap();
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let out = local_deploy(&app, &remote).args(["--release", "r1"]).run();
+    assert_stderr(
+        &out,
+        2,
+        &vary_refs(&vary),
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
+            "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
+            "  - `package.json` wants Node `>=99` (`engines.node`); the server runs [NODE]\n",
+            "  hint: install a Node that satisfies `>=99` for the deploy user on the server (the first `node` on its PATH, e.g. with nvm), or change `engines.node`\n",
+        ),
+    );
+    assert!(!remote.join("releases/r1").exists());
 }

@@ -77,13 +77,13 @@ fn addons(release: &Release, platform: &Platform) -> Vec<Mismatch> {
         if variants.iter().any(|v| family.fits(&v.platform, target)) {
             continue;
         }
-        let present: Vec<String> = variants.iter().map(|v| format!("`{}`", v.path)).collect();
+        let platforms: Vec<&str> = variants.iter().map(|v| v.platform.as_str()).collect();
         mismatches.push(Mismatch {
             file: variants[0].path.clone(),
             problem: format!(
-                "{} ships only {} here; this server needs `{}`",
+                "is {} for {} only; this server needs `{}`",
                 family.name(),
-                present.join(", "),
+                platforms.join(", "),
                 family.wanted(target)
             ),
             fix: family.fix(target),
