@@ -434,7 +434,8 @@ fn preflight(host: &Host, release: &Release, platform: Option<&Platform>) -> Res
         return Ok(());
     };
     crate::preflight::check(&host.to_string(), release, platform)?;
-    tracing::info!(
+    // Quiet by default: the pinned logs of a deploy stay as they were.
+    tracing::debug!(
         "{host}: preflight: the release can run on {}",
         crate::preflight::describe(platform)
     );

@@ -618,8 +618,10 @@ fn a_native_addon_built_for_another_cpu() {
     let app = app_with_addons(work.path());
     let remote = work.path().join("srv");
     let vary = platform_vary(work.path());
+    // The verdict on a release that fits is logged at debug level.
     let out = local_deploy(&app, &remote)
         .args(["--release", "r1"])
+        .env("DROPSHIP_LOG", "debug")
         .success();
     let (glibc, node) = this_platform();
     let fits = format!(
