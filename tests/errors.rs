@@ -743,3 +743,47 @@ fn a_release_that_wants_a_newer_node() {
     );
     assert!(!remote.join("releases/r1").exists());
 }
+
+/// The same refusal over SSH: the agent reports the platform from the login
+/// session (its `getconf`, its `node`), and the release never leaves the runner.
+#[test]
+fn a_native_addon_for_another_cpu_over_ssh() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    addon::aarch64(
+        work.path(),
+        &app.join(".next/standalone/node_modules/canvas/build/Release/canvas.node"),
+    );
+    let remote = work.path().join("srv");
+    let mut out = Test::deploy_over_ssh(&sshd, &app, &remote)
+        .args(["--release", "r1"])
+        .run();
+    // The agent is installed first (its size varies with the build): it has to say what the server is.
+    assert!(
+        out.stderr.contains(": installing the agent ("),
+        "{}",
+        out.stderr
+    );
+    out.stderr = out
+        .stderr
+        .lines()
+        .filter(|line| !line.contains(": installing the agent ("))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let mut vary = platform_vary(work.path());
+    vary.push((sshd.host_spec(), "HOST"));
+    assert_stderr(
+        &out,
+        2,
+        &vary_refs(&vary),
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 23 files, 0.2 MB, server.js in `.`\n",
+            "error: the release cannot run on [HOST] (linux x86_64, [GLIBC], Node [NODE]):\n",
+            "  - `node_modules/canvas/build/Release/canvas.node` is built for aarch64\n",
+            "  hint: build on a linux x86_64 runner with glibc, so that npm installs or compiles the addon for the server\n",
+        ),
+    );
+    assert!(!remote.join("releases/r1").exists());
+    assert!(!remote.join("current").exists());
+}

@@ -1,7 +1,8 @@
 //! Preflight: will this release run on that server? Between `package` and
 //! `transport`'s stream: once the agent has said what the server is (CPU,
 //! libc, Node; see [`Platform`]), the release is checked against it before a
-//! byte of it is sent — every `*.node` addon's ELF machine and libc,
+//! byte of it is sent — every `*.node` addon's (and shared library's) ELF
+//! machine and libc,
 //! per-platform packages (see [`packages`]) and `engines.node`.
 
 mod elf;
@@ -69,7 +70,7 @@ fn addons(release: &Release, platform: &Platform) -> Vec<Mismatch> {
             }
         }
         // Addons of other platforms' variants are never loaded here.
-        if fits && entry.path.ends_with(".node") && matches!(entry.kind, Kind::File { .. }) {
+        if fits && is_native(&entry.path) && matches!(entry.kind, Kind::File { .. }) {
             mismatches.extend(addon(&entry.path, release.source(index), platform, target));
         }
     }
@@ -90,6 +91,14 @@ fn addons(release: &Release, platform: &Platform) -> Vec<Mismatch> {
         });
     }
     mismatches
+}
+
+/// Whether `path` names native code an addon loads: a `*.node` addon or a
+/// shared library beside it (sharp's `libvips-cpp.so.42` needs more of glibc
+/// than its addon does).
+fn is_native(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    name.ends_with(".node") || name.ends_with(".so") || name.contains(".so.")
 }
 
 /// A node-gyp-build prebuilt tagged for the other libc (`node.napi.musl.node`).
@@ -259,6 +268,21 @@ mod tests {
             describe(&platform),
             "linux aarch64, glibc 2.36, Node v20.11.1"
         );
+    }
+
+    #[test]
+    fn addons_and_shared_libraries_are_native_code() {
+        assert!(is_native("node_modules/x/build/Release/x.node"));
+        assert!(is_native(
+            "node_modules/@img/sharp-libvips-linux-x64/lib/libvips-cpp.so.42"
+        ));
+        assert!(is_native(
+            "node_modules/.prisma/client/libquery_engine-debian-openssl-3.0.x.so.node"
+        ));
+        assert!(is_native("node_modules/x/lib/libx.so"));
+        assert!(!is_native("node_modules/x/index.js"));
+        assert!(!is_native("node_modules/x.so.js/index.js"));
+        assert!(!is_native("public/docs/also.sorted.txt"));
     }
 
     #[test]
