@@ -43,6 +43,10 @@ pub fn read(file: &File) -> Result<Needs, NotElf> {
     };
     let sections = elf.sections(file).unwrap_or_default();
     for section in &sections {
+        // Only the two small sections of interest are read, never code or data.
+        if section.kind != SHT_DYNAMIC && section.kind != SHT_GNU_VERNEED {
+            continue;
+        }
         let strings = sections.get(section.link as usize);
         let (Some(strings), Some(data)) = (strings, section.read(file)) else {
             continue;
