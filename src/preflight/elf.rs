@@ -8,6 +8,27 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+/// Where the bytes of an ELF file come from: a file, or memory (tests, fuzzing).
+pub trait Bytes {
+    /// Fills `buf` from `offset`; `false` when the file ends first or cannot be read.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> bool;
+}
+
+impl Bytes for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> bool {
+        FileExt::read_exact_at(self, buf, offset).is_ok()
+    }
+}
+
+impl Bytes for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> bool {
+        let source = usize::try_from(offset)
+            .ok()
+            .and_then(|start| self.get(start..start.checked_add(buf.len())?));
+        source.map(|source| buf.copy_from_slice(source)).is_some()
+    }
+}
+
 /// What an ELF shared object needs to load.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Needs {
@@ -32,9 +53,16 @@ const MAX_SECTION: u64 = 16 << 20;
 const MAX_ENTRIES: usize = 4096;
 
 /// Reads the needs of the ELF file `file`.
-pub fn read(file: &File) -> Result<Needs, NotElf> {
+pub fn read(file: &(impl Bytes + ?Sized)) -> Result<Needs, NotElf> {
     let mut header = [0u8; 64];
-    let n = file.read_at(&mut header, 0).map_err(|_| NotElf)?;
+    // A 32-bit header is 52 bytes: a file may end right after it.
+    let n = if file.read_exact_at(&mut header, 0) {
+        64
+    } else if file.read_exact_at(&mut header[..52], 0) {
+        52
+    } else {
+        return Err(NotElf);
+    };
     let elf = Reader::new(&header[..n])?;
     let machine = elf.u16(&header, 18).ok_or(NotElf)?;
     let mut needs = Needs {
@@ -78,13 +106,12 @@ struct Section {
 }
 
 impl Section {
-    fn read(&self, file: &File) -> Option<Vec<u8>> {
+    fn read(&self, file: &(impl Bytes + ?Sized)) -> Option<Vec<u8>> {
         if self.size > MAX_SECTION {
             return None;
         }
         let mut data = vec![0; usize::try_from(self.size).ok()?];
-        file.read_exact_at(&mut data, self.offset).ok()?;
-        Some(data)
+        file.read_exact_at(&mut data, self.offset).then_some(data)
     }
 }
 
@@ -133,10 +160,11 @@ impl Reader {
     }
 
     /// The section headers.
-    fn sections(self, file: &File) -> Option<Vec<Section>> {
+    fn sections(self, file: &(impl Bytes + ?Sized)) -> Option<Vec<Section>> {
         let mut header = [0u8; 64];
-        file.read_exact_at(&mut header[..if self.wide { 64 } else { 52 }], 0)
-            .ok()?;
+        if !file.read_exact_at(&mut header[..if self.wide { 64 } else { 52 }], 0) {
+            return None;
+        }
         let (offset_at, size_at, count_at) = if self.wide {
             (0x28, 0x3a, 0x3c)
         } else {
@@ -256,80 +284,12 @@ pub fn machine_of(arch: &str) -> Option<u16> {
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
-
-    /// A minimal 64-bit little-endian ELF shared object for `machine`, needing
-    /// `needed` libraries and the symbol versions `versions` (of the first library).
-    pub fn elf(machine: u16, needed: &[&str], versions: &[&str]) -> Vec<u8> {
-        let mut strings = vec![0u8];
-        let at = |s: &str, strings: &mut Vec<u8>| {
-            let offset = strings.len() as u32;
-            strings.extend_from_slice(s.as_bytes());
-            strings.push(0);
-            offset
-        };
-        let needed_at: Vec<u32> = needed.iter().map(|n| at(n, &mut strings)).collect();
-        let versions_at: Vec<u32> = versions.iter().map(|v| at(v, &mut strings)).collect();
-        let mut dynamic = Vec::new();
-        for offset in &needed_at {
-            dynamic.extend_from_slice(&1u64.to_le_bytes());
-            dynamic.extend_from_slice(&u64::from(*offset).to_le_bytes());
-        }
-        dynamic.extend_from_slice(&[0; 16]);
-        let mut verneed = Vec::new();
-        verneed.extend_from_slice(&1u16.to_le_bytes());
-        verneed.extend_from_slice(&(versions.len() as u16).to_le_bytes());
-        verneed.extend_from_slice(&needed_at.first().copied().unwrap_or(0).to_le_bytes());
-        verneed.extend_from_slice(&16u32.to_le_bytes());
-        verneed.extend_from_slice(&0u32.to_le_bytes());
-        for (i, offset) in versions_at.iter().enumerate() {
-            verneed.extend_from_slice(&[0; 8]);
-            verneed.extend_from_slice(&offset.to_le_bytes());
-            let next: u32 = if i + 1 < versions.len() { 16 } else { 0 };
-            verneed.extend_from_slice(&next.to_le_bytes());
-        }
-        let mut file = vec![0u8; 64];
-        file[..4].copy_from_slice(b"\x7fELF");
-        file[4] = 2;
-        file[5] = 1;
-        file[6] = 1;
-        file[16] = 3;
-        file[18..20].copy_from_slice(&machine.to_le_bytes());
-        let place = |data: &[u8], file: &mut Vec<u8>| {
-            let offset = file.len() as u64;
-            file.extend_from_slice(data);
-            (offset, data.len() as u64)
-        };
-        let strings_place = place(&strings, &mut file);
-        let dynamic_place = place(&dynamic, &mut file);
-        let verneed_place = place(&verneed, &mut file);
-        let shoff = file.len() as u64;
-        let header = |kind: u32, (offset, size): (u64, u64), link: u32, file: &mut Vec<u8>| {
-            let mut h = [0u8; 64];
-            h[4..8].copy_from_slice(&kind.to_le_bytes());
-            h[24..32].copy_from_slice(&offset.to_le_bytes());
-            h[32..40].copy_from_slice(&size.to_le_bytes());
-            h[40..44].copy_from_slice(&link.to_le_bytes());
-            file.extend_from_slice(&h);
-        };
-        header(0, (0, 0), 0, &mut file);
-        header(3, strings_place, 0, &mut file);
-        header(SHT_DYNAMIC, dynamic_place, 1, &mut file);
-        if !versions.is_empty() {
-            header(SHT_GNU_VERNEED, verneed_place, 1, &mut file);
-        }
-        let count: u16 = if versions.is_empty() { 3 } else { 4 };
-        file[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
-        file[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
-        file[0x3c..0x3e].copy_from_slice(&count.to_le_bytes());
-        file
-    }
+    use crate::fuzzing::sample_elf as elf;
 
     fn needs_of(bytes: &[u8]) -> Result<Needs, NotElf> {
-        let mut file = tempfile::tempfile().unwrap();
-        std::io::Write::write_all(&mut file, bytes).unwrap();
-        read(&file)
+        read(bytes)
     }
 
     #[test]

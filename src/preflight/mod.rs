@@ -5,7 +5,7 @@
 //! machine and libc,
 //! per-platform packages (see [`packages`]) and `engines.node`.
 
-mod elf;
+pub(crate) mod elf;
 mod packages;
 
 use std::collections::BTreeMap;
