@@ -700,6 +700,13 @@ mod tests {
             match target {
                 "dotenv" => dotenv(&input),
                 "manifest" => manifest(&input),
+                "elf" => {
+                    elf(&input);
+                    assert!(
+                        crate::preflight::elf::read(&input[..]).is_ok(),
+                        "elf seed {name}"
+                    );
+                }
                 _ => {
                     let accepted = stream_outcome(&input);
                     let expect_ok = !name.starts_with("refused-");
