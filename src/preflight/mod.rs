@@ -136,7 +136,7 @@ fn addon(path: &str, local: &Path, platform: &Platform, target: Target<'_>) -> O
             );
         }
     };
-    if Some(needs.machine) != elf::machine_of(&platform.arch) {
+    if !machine_fits(needs.machine, &platform.arch) {
         return mismatch(
             format!("is built for {}", elf::machine_name(needs.machine)),
             rebuild,
@@ -167,6 +167,12 @@ fn addon(path: &str, local: &Path, platform: &Platform, target: Target<'_>) -> O
         }
         Libc::Musl | Libc::Unknown => None,
     }
+}
+
+/// Whether code for ELF `machine` runs on a CPU `uname -m` calls `arch`; a CPU
+/// this table does not know is given the benefit of the doubt.
+fn machine_fits(machine: u16, arch: &str) -> bool {
+    elf::machine_of(arch).is_none_or(|wanted| wanted == machine)
 }
 
 /// `engines.node` of the app's `package.json` against the server's Node.
@@ -268,6 +274,16 @@ mod tests {
             describe(&platform),
             "linux aarch64, glibc 2.36, Node v20.11.1"
         );
+    }
+
+    #[test]
+    fn machines_are_compared_only_for_known_cpus() {
+        assert!(machine_fits(62, "x86_64"));
+        assert!(!machine_fits(183, "x86_64"));
+        assert!(machine_fits(183, "aarch64"));
+        assert!(!machine_fits(62, "aarch64"));
+        assert!(machine_fits(40, "armv7l"));
+        assert!(machine_fits(62, "sparc64"));
     }
 
     #[test]
