@@ -787,3 +787,42 @@ fn a_native_addon_for_another_cpu_over_ssh() {
     assert!(!remote.join("releases/r1").exists());
     assert!(!remote.join("current").exists());
 }
+
+/// Real sharp packages, as npm installs them on an x64 and on an arm64 runner:
+/// the arm64 ones alone are refused on this x86_64 server (the addon inside is
+/// not even read: the family says it); with the x64 ones beside them (their
+/// addon and libvips checked as ELF files) the release deploys.
+#[test]
+fn real_sharp_for_arm64_only_is_refused() {
+    let (x64, arm64) = (addon::sharp("x64"), addon::sharp("arm64"));
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let img = app.join(".next/standalone/node_modules/@img");
+    tree::copy_dir(&arm64.join("@img"), &img);
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let out = local_deploy(&app, &remote).args(["--release", "r1"]).run();
+    assert_stderr(
+        &out,
+        2,
+        &vary_refs(&vary),
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 32 files, 16.7 MB, server.js in `.`\n",
+            "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
+            "  - `node_modules/@img/sharp-linux-arm64` is sharp for linux-arm64 only; this server needs `@img/sharp-linux-x64`\n",
+            "  - `node_modules/@img/sharp-libvips-linux-arm64` is sharp's libvips for linux-arm64 only; this server needs `@img/sharp-libvips-linux-x64`\n",
+            "  hint: in `build`, install the server's variant: `npm install --os=linux --cpu=x64 --libc=glibc sharp`\n",
+        ),
+    );
+    assert!(!remote.join("releases/r1").exists());
+
+    tree::copy_dir(&x64.join("@img"), &img);
+    local_deploy(&app, &remote)
+        .args(["--release", "r1"])
+        .success();
+    assert!(
+        remote
+            .join("current/node_modules/@img/sharp-linux-x64/lib/sharp-linux-x64.node")
+            .exists()
+    );
+}

@@ -1,6 +1,7 @@
 //! Native addons for the preflight tests: real ELF shared objects compiled
 //! here with `cc`, some linked against stub libraries that stand for musl or a
-//! glibc newer than any, and copies with another CPU in their ELF header.
+//! glibc newer than any, copies with another CPU in their ELF header, and
+//! sharp as npm installs it for x64 or arm64.
 
 use std::fs;
 use std::path::Path;
@@ -90,4 +91,54 @@ fn needing(work: &Path, out: &Path, soname: &str) {
 pub fn macos(out: &Path) {
     fs::create_dir_all(out.parent().unwrap()).unwrap();
     fs::write(out, b"\xcf\xfa\xed\xfe\x0c\x00\x00\x01macho").unwrap();
+}
+
+/// sharp as npm installs it for linux `cpu` with glibc, from the committed
+/// lock file of `tests/apps/sharp-only` (`npm ci --os=linux --cpu=<cpu>`):
+/// its `node_modules`, installed once per machine and lock file into
+/// `target/fixture-apps/sharp-<cpu>-<hash>/`.
+pub fn sharp(cpu: &str) -> std::path::PathBuf {
+    use sha2::Digest;
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/sharp-only");
+    let lock_file = fs::read(source.join("package-lock.json")).unwrap();
+    let hash: String = sha2::Sha256::digest(&lock_file)[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+        std::path::PathBuf::from,
+    );
+    let root = target.join("fixture-apps");
+    fs::create_dir_all(&root).unwrap();
+    let out = root.join(format!("sharp-{cpu}-{hash}"));
+    // Other test processes may install the same at the same time.
+    let lock = fs::File::create(root.join(format!("sharp-{cpu}.lock"))).unwrap();
+    lock.lock().unwrap();
+    let done = out.join(".fixture-built");
+    if !done.exists() {
+        let _ = fs::remove_dir_all(&out);
+        fs::create_dir_all(&out).unwrap();
+        for file in ["package.json", "package-lock.json"] {
+            fs::copy(source.join(file), out.join(file)).unwrap();
+        }
+        let installed = Command::new("npm")
+            .args(["ci", "--os=linux", &format!("--cpu={cpu}"), "--libc=glibc"])
+            .args([
+                "--ignore-scripts",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+            ])
+            .current_dir(&out)
+            .output()
+            .expect("run npm");
+        assert!(
+            installed.status.success(),
+            "npm ci for {cpu} failed (is the npm registry reachable?)\n{}",
+            String::from_utf8_lossy(&installed.stderr)
+        );
+        fs::write(&done, b"").unwrap();
+    }
+    out.join("node_modules")
 }
