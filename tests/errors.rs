@@ -826,3 +826,30 @@ fn real_sharp_for_arm64_only_is_refused() {
             .exists()
     );
 }
+
+/// In a monorepo both the app's `package.json` (beside its `server.js`) and the
+/// workspace root's count.
+#[test]
+fn a_monorepo_whose_root_wants_a_newer_node() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_monorepo_app(&work.path().join("repo"));
+    fs::write(
+        app.join(".next/standalone/package.json"),
+        r#"{ "name": "fixture-monorepo", "private": true, "engines": { "node": "^14.17 || ^16" } }"#,
+    )
+    .unwrap();
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let out = local_deploy(&app, &remote).args(["--release", "r1"]).run();
+    assert_stderr(
+        &out,
+        2,
+        &vary_refs(&vary),
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → apps/web/.next/static, public → apps/web/public) — 23 files, 0.2 MB, server.js in `apps/web`\n",
+            "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
+            "  - `package.json` wants Node `^14.17 || ^16` (`engines.node`); the server runs [NODE]\n",
+            "  hint: install a Node that satisfies `^14.17 || ^16` for the deploy user on the server (the first `node` on its PATH, e.g. with nvm), or change `engines.node`\n",
+        ),
+    );
+}

@@ -176,19 +176,27 @@ fn machine_fits(machine: u16, arch: &str) -> bool {
 }
 
 /// `engines.node` of the app's `package.json` against the server's Node.
-fn node(release: &Release, platform: &Platform) -> Option<Mismatch> {
+fn node(release: &Release, platform: &Platform) -> Vec<Mismatch> {
     let version = match &platform.node {
         NodeRuntime::Version(version) => version,
-        NodeRuntime::Missing => return None,
+        NodeRuntime::Missing => return Vec::new(),
         NodeRuntime::Broken(said) => {
-            return Some(Mismatch {
+            return vec![Mismatch {
                 file: "node".into(),
                 problem: format!("the server's Node does not run: {said}"),
                 fix: "install a Node that runs on this server for the deploy user (e.g. with nvm); its official builds need glibc 2.28 or newer since Node 18".into(),
-            });
+            }];
         }
     };
-    let path = package_json(&release.server_dir);
+    package_jsons(&release.server_dir)
+        .into_iter()
+        .filter_map(|path| engines_mismatch(release, path, version))
+        .collect()
+}
+
+/// The `engines.node` of the `package.json` at `path` of the release, if the
+/// server's Node `version` does not satisfy it.
+fn engines_mismatch(release: &Release, path: String, version: &str) -> Option<Mismatch> {
     let index = release
         .manifest
         .entries
@@ -204,18 +212,19 @@ fn node(release: &Release, platform: &Platform) -> Option<Mismatch> {
         _ => true,
     };
     (!fits).then(|| Mismatch {
-        file: path.clone(),
+        file: path,
         problem: format!("wants Node `{wanted}` (`engines.node`); the server runs {version}"),
         fix: format!("install a Node that satisfies `{wanted}` for the deploy user on the server (the first `node` on its PATH, e.g. with nvm), or change `engines.node`"),
     })
 }
 
-/// The path of the app's `package.json` in the release.
-fn package_json(server_dir: &str) -> String {
+/// The `package.json` files whose `engines.node` count: the app's, beside
+/// `server.js`, and in a monorepo also the workspace root's.
+fn package_jsons(server_dir: &str) -> Vec<String> {
     if server_dir == "." || server_dir.is_empty() {
-        "package.json".into()
+        vec!["package.json".into()]
     } else {
-        format!("{server_dir}/package.json")
+        vec![format!("{server_dir}/package.json"), "package.json".into()]
     }
 }
 
@@ -257,8 +266,11 @@ mod tests {
         assert_eq!(engines_node(r#"{"engines":{"npm":">=9"}}"#), None);
         assert_eq!(engines_node(r#"{"engines":{"node":" "}}"#), None);
         assert_eq!(engines_node("not json"), None);
-        assert_eq!(package_json("."), "package.json");
-        assert_eq!(package_json("apps/web"), "apps/web/package.json");
+        assert_eq!(package_jsons("."), ["package.json"]);
+        assert_eq!(
+            package_jsons("apps/web"),
+            ["apps/web/package.json", "package.json"]
+        );
     }
 
     #[test]
