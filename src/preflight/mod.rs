@@ -2,8 +2,7 @@
 //! `transport`'s stream: once the agent has said what the server is (CPU,
 //! libc, Node; see [`Platform`]), the release is checked against it before a
 //! byte of it is sent — every `*.node` addon's (and shared library's) ELF
-//! machine and libc,
-//! per-platform packages (see [`packages`]) and `engines.node`.
+//! machine and libc, per-platform packages (see [`packages`]) and `engines.node`.
 
 pub(crate) mod elf;
 mod packages;
@@ -34,7 +33,7 @@ pub fn check(host: &str, release: &Release, platform: &Platform) -> Result<()> {
     })
 }
 
-/// `x86_64, glibc 2.36, Node v20.11.1`.
+/// The platform as messages name it: `linux x86_64, glibc 2.36, Node v20.11.1`.
 pub fn describe(platform: &Platform) -> String {
     let libc = match &platform.libc {
         Libc::Glibc { version } => format!("glibc {version}"),
