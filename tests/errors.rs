@@ -853,3 +853,40 @@ fn a_monorepo_whose_root_wants_a_newer_node() {
         ),
     );
 }
+
+/// A server whose Node cannot start (an official Node 18+ on a glibc older than
+/// 2.28): the release is refused with what `node` said.
+#[test]
+fn a_server_whose_node_does_not_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let bin = work.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let node = bin.join("node");
+    fs::write(
+        &node,
+        "#!/bin/sh\necho \"node: /lib/x86_64-linux-gnu/libc.so.6: version \\`GLIBC_2.28' not found (required by node)\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    fs::set_permissions(&node, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let out = local_deploy(&app, &remote)
+        .args(["--release", "r1"])
+        .env("PATH", &path)
+        .run();
+    assert_stderr(
+        &out,
+        2,
+        &vary_refs(&vary),
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
+            "error: the release cannot run on local (linux x86_64, [GLIBC], Node that does not run):\n",
+            "  - `node` (the server's) does not run: `[WORK]/bin/node --version` failed (exit status: 1): node: /lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.28' not found (required by node)\n",
+            "  hint: install a Node that runs on this server for the deploy user (e.g. with nvm); its official builds need glibc 2.28 or newer since Node 18\n",
+        ),
+    );
+    assert!(!remote.join("releases/r1").exists());
+}

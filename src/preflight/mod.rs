@@ -182,7 +182,7 @@ fn node(release: &Release, platform: &Platform) -> Vec<Mismatch> {
         NodeRuntime::Broken(said) => {
             return vec![Mismatch {
                 file: "node".into(),
-                problem: format!("the server's Node does not run: {said}"),
+                problem: format!("(the server's) does not run: {said}"),
                 fix: "install a Node that runs on this server for the deploy user (e.g. with nvm); its official builds need glibc 2.28 or newer since Node 18".into(),
             }];
         }
