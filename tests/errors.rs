@@ -890,3 +890,32 @@ fn a_server_whose_node_does_not_run() {
     );
     assert!(!remote.join("releases/r1").exists());
 }
+
+/// Variants for other platforms are fine wherever the package manager put
+/// them: pnpm keeps each in its own `node_modules/.pnpm/<name>@<version>/`,
+/// and older npm installs the musl variant of a package beside the glibc one.
+#[test]
+fn other_platforms_variants_in_a_pnpm_tree_are_fine() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let pnpm = app.join(".next/standalone/node_modules/.pnpm");
+    let sharp = |platform: &str| {
+        pnpm.join(format!(
+            "@img+sharp-{platform}@0.33.5/node_modules/@img/sharp-{platform}/lib/sharp-{platform}.node"
+        ))
+    };
+    addon::real(work.path(), &sharp("linux-x64"));
+    addon::macos(&sharp("darwin-arm64"));
+    addon::aarch64(work.path(), &sharp("linux-arm64"));
+    let watcher = |abi: &str| {
+        pnpm.join(format!(
+            "@parcel+watcher-linux-x64-{abi}@2.4.1/node_modules/@parcel/watcher-linux-x64-{abi}/watcher.node"
+        ))
+    };
+    addon::real(work.path(), &watcher("glibc"));
+    addon::musl(work.path(), &watcher("musl"));
+    let remote = work.path().join("srv");
+    local_deploy(&app, &remote)
+        .args(["--release", "r1"])
+        .success();
+}

@@ -62,7 +62,7 @@ fn addons(release: &Release, platform: &Platform) -> Vec<Mismatch> {
             .as_ref()
             .is_none_or(|v| v.family.fits(&v.platform, target) && !other_libc(&entry.path, target));
         if let Some(variant) = variant {
-            let key = (variant.family, variant.place.clone());
+            let key = (variant.family, variant.group.clone());
             let known = families.entry(key).or_default();
             if !known.iter().any(|v| v.path == variant.path) {
                 known.push(variant);
@@ -73,7 +73,7 @@ fn addons(release: &Release, platform: &Platform) -> Vec<Mismatch> {
             mismatches.extend(addon(&entry.path, release.source(index), platform, target));
         }
     }
-    for ((family, _), variants) in families {
+    for ((family, group), variants) in families {
         if variants.iter().any(|v| family.fits(&v.platform, target)) {
             continue;
         }
@@ -82,11 +82,14 @@ fn addons(release: &Release, platform: &Platform) -> Vec<Mismatch> {
             file: variants[0].path.clone(),
             problem: format!(
                 "is {} for {} only; this server needs `{}`",
-                family.name(),
+                match family {
+                    Family::Named => format!("`{group}`"),
+                    _ => family.name().to_owned(),
+                },
                 platforms.join(", "),
-                family.wanted(target)
+                family.wanted(&group, target)
             ),
-            fix: family.fix(target),
+            fix: family.fix(&group, target),
         });
     }
     mismatches

@@ -30,6 +30,9 @@ pub enum Family {
     Prisma,
     /// `prebuilds/<os>-<cpu>/` of a package using node-gyp-build.
     Prebuilds,
+    /// Any other `<name>-<os>-<cpu>[-<abi>]` package (`@parcel/watcher-linux-x64-musl`,
+    /// `@rollup/rollup-linux-arm64-gnu`, `lightningcss-linux-x64-gnu`).
+    Named,
 }
 
 /// One variant of a family, found at a path of the release.
@@ -37,9 +40,10 @@ pub enum Family {
 pub struct Variant {
     /// Which family.
     pub family: Family,
-    /// Where the family lives: one place for the npm packages, the package's
-    /// `prebuilds` directory for node-gyp-build.
-    pub place: String,
+    /// What the variants of one family have in common: the package name
+    /// without the platform (`@img/sharp`), or the `prebuilds` directory of
+    /// one package. Wherever npm or pnpm put each variant, they group here.
+    pub group: String,
     /// The variant's own directory or file in the release.
     pub path: String,
     /// Its platform name (`linux-arm64`, `darwin-x64`, `debian-openssl-3.0.x`).
@@ -56,14 +60,24 @@ impl Family {
             Family::Esbuild => "esbuild",
             Family::Prisma => "the Prisma query engine",
             Family::Prebuilds => "prebuilt addons",
+            Family::Named => "the package",
         }
     }
 
-    /// The variant the server needs, as the family names it (what a message shows).
-    pub fn wanted(self, target: Target<'_>) -> String {
+    /// The variant the server needs, as the family names it (what a message
+    /// shows); `group` as in [`Variant::group`].
+    pub fn wanted(self, group: &str, target: Target<'_>) -> String {
         let Target { cpu, musl } = target;
         let os = if musl { "linuxmusl" } else { "linux" };
         match self {
+            Family::Named => format!(
+                "{group}-linux-{cpu}{}",
+                if musl {
+                    "-musl"
+                } else {
+                    " (gnu or no libc suffix)"
+                }
+            ),
             Family::Sharp => format!("@img/sharp-{os}-{cpu}"),
             Family::SharpLibvips => format!("@img/sharp-libvips-{os}-{cpu}"),
             Family::NextSwc => format!(
@@ -93,11 +107,12 @@ impl Family {
             Family::Prebuilds => platform
                 .strip_prefix("linux-")
                 .is_some_and(|cpus| cpus.split('+').any(|c| c == cpu)),
+            Family::Named => named_fits(platform, target),
         }
     }
 
-    /// The fix, for a release built with npm.
-    pub fn fix(self, target: Target<'_>) -> String {
+    /// The fix, for a release built with npm; `group` as in [`Variant::group`].
+    pub fn fix(self, group: &str, target: Target<'_>) -> String {
         let Target { cpu, musl } = target;
         let libc = if musl { "musl" } else { "glibc" };
         let npm = |package: &str| {
@@ -116,6 +131,7 @@ impl Family {
             Family::Prebuilds => format!(
                 "build on a linux {cpu} runner (node-gyp-build has no prebuilt addon for it in this package)"
             ),
+            Family::Named => npm(group),
         }
     }
 }
@@ -140,45 +156,107 @@ fn prisma_fits(platform: &str, Target { cpu, musl }: Target<'_>) -> bool {
     linux && arm64 == (cpu == "arm64") && platform.contains("musl") == musl
 }
 
+/// The operating systems in Node's names (`process.platform`), as package names carry them.
+const OSES: &[&str] = &[
+    "linux",
+    "linuxmusl",
+    "darwin",
+    "win32",
+    "freebsd",
+    "openbsd",
+    "netbsd",
+    "android",
+    "sunos",
+    "aix",
+];
+
+/// The CPUs in Node's names (`process.arch`), and `universal` of macOS builds.
+const CPUS: &[&str] = &[
+    "x64",
+    "arm64",
+    "arm",
+    "ia32",
+    "ppc64",
+    "s390x",
+    "riscv64",
+    "loong64",
+    "mips64el",
+    "universal",
+];
+
+/// `(base, platform)` of a package named `<base>-<os>-<cpu>[-<abi>]`, where
+/// `os` and `cpu` are Node's names of them.
+fn split_named(name: &str) -> Option<(&str, &str)> {
+    OSES.iter().find_map(|os| {
+        let at = name.find(&format!("-{os}-"))?;
+        let platform = &name[at + 1..];
+        let cpu = platform.split('-').nth(1)?;
+        (at > 0 && CPUS.contains(&cpu)).then(|| (&name[..at], platform))
+    })
+}
+
+/// Whether a `<os>-<cpu>[-<abi>]` package runs on `target`: Linux, the
+/// server's CPU, and musl named exactly when the server has musl.
+fn named_fits(platform: &str, Target { cpu, musl }: Target<'_>) -> bool {
+    let mut parts = platform.split('-');
+    let os = parts.next().unwrap_or_default();
+    let its_cpu = parts.next().unwrap_or_default();
+    let abi: Vec<&str> = parts.collect();
+    let named_musl = os == "linuxmusl" || abi.contains(&"musl");
+    (os == "linux" || os == "linuxmusl") && its_cpu == cpu && named_musl == musl
+}
+
 /// The variant `path` (a path of the release) is or lies in, if any.
 pub fn variant_of(path: &str) -> Option<Variant> {
     let parts: Vec<&str> = path.split('/').collect();
     for (i, window) in parts.windows(3).enumerate() {
-        let prefix = || parts[..i + 3].join("/");
-        let place = || parts[..i + 1].join("/");
-        let variant = |family, platform: &str| {
+        let variant = |family, group: &str, platform: &str| {
             Some(Variant {
                 family,
-                place: place(),
-                path: prefix(),
+                group: group.to_owned(),
+                path: parts[..i + 3].join("/"),
                 platform: platform.to_owned(),
             })
         };
         match window {
             ["node_modules", "@img", name] => {
                 if let Some(platform) = name.strip_prefix("sharp-libvips-") {
-                    return variant(Family::SharpLibvips, platform);
+                    return variant(Family::SharpLibvips, "@img/sharp-libvips", platform);
                 }
                 if let Some(platform) = name.strip_prefix("sharp-") {
-                    return variant(Family::Sharp, platform);
+                    return variant(Family::Sharp, "@img/sharp", platform);
                 }
             }
             ["node_modules", "@next", name] => {
                 if let Some(platform) = name.strip_prefix("swc-") {
-                    return variant(Family::NextSwc, platform);
+                    return variant(Family::NextSwc, "@next/swc", platform);
                 }
             }
-            ["node_modules", "@esbuild", platform] => return variant(Family::Esbuild, platform),
+            ["node_modules", "@esbuild", platform] => {
+                return variant(Family::Esbuild, "@esbuild", platform);
+            }
+            ["node_modules", scope, name] if scope.starts_with('@') => {
+                if let Some((base, platform)) = split_named(name) {
+                    return variant(Family::Named, &format!("{scope}/{base}"), platform);
+                }
+            }
             _ => {}
         }
     }
     for (i, window) in parts.windows(2).enumerate() {
-        if let ["prebuilds", platform] = window {
+        let found = match window {
+            ["prebuilds", platform] => Some((Family::Prebuilds, parts[..=i].join("/"), *platform)),
+            ["node_modules", name] if !name.starts_with('@') => {
+                split_named(name).map(|(base, platform)| (Family::Named, base.to_owned(), platform))
+            }
+            _ => None,
+        };
+        if let Some((family, group, platform)) = found {
             return Some(Variant {
-                family: Family::Prebuilds,
-                place: parts[..=i].join("/"),
+                family,
+                group,
                 path: parts[..i + 2].join("/"),
-                platform: (*platform).to_owned(),
+                platform: platform.to_owned(),
             });
         }
     }
@@ -191,7 +269,7 @@ pub fn variant_of(path: &str) -> Option<Variant> {
         .find_map(|suffix| engine.strip_suffix(suffix))?;
     Some(Variant {
         family: Family::Prisma,
-        place: "Prisma".into(),
+        group: "prisma".into(),
         path: path.to_owned(),
         platform: platform.to_owned(),
     })
@@ -269,9 +347,26 @@ mod tests {
         let prebuilt =
             variant_of("node_modules/bufferutil/prebuilds/darwin-x64+arm64/node.napi.node")
                 .unwrap();
-        assert_eq!(prebuilt.place, "node_modules/bufferutil/prebuilds");
+        assert_eq!(prebuilt.group, "node_modules/bufferutil/prebuilds");
         assert_eq!(prebuilt.platform, "darwin-x64+arm64");
+        let watcher = variant_of(
+            "node_modules/.pnpm/@parcel+watcher-linux-x64-musl@2.4.1/node_modules/@parcel/watcher-linux-x64-musl/watcher.node",
+        )
+        .unwrap();
+        assert_eq!(
+            (watcher.family, watcher.group.as_str()),
+            (Family::Named, "@parcel/watcher")
+        );
+        assert_eq!(watcher.platform, "linux-x64-musl");
+        let css =
+            variant_of("node_modules/lightningcss-darwin-arm64/lightningcss.darwin-arm64.node")
+                .unwrap();
+        assert_eq!(
+            (css.group.as_str(), css.platform.as_str()),
+            ("lightningcss", "darwin-arm64")
+        );
         assert_eq!(variant_of("node_modules/next/dist/server/next.js"), None);
+        assert_eq!(variant_of("node_modules/is-linux-friendly/index.js"), None);
         assert_eq!(variant_of("node_modules/@img/colour/index.js"), None);
     }
 
@@ -295,24 +390,38 @@ mod tests {
         assert!(Family::Prisma.fits("linux-musl-arm64-openssl-3.0.x", ARM64_MUSL));
         assert!(Family::Prebuilds.fits("linux-x64", X64));
         assert!(!Family::Prebuilds.fits("darwin-x64+arm64", X64));
+        assert!(Family::Named.fits("linux-x64-gnu", X64));
+        assert!(Family::Named.fits("linux-x64", X64));
+        assert!(!Family::Named.fits("linux-x64-musl", X64));
+        assert!(!Family::Named.fits("darwin-x64", X64));
+        assert!(Family::Named.fits("linux-arm64-musl", ARM64_MUSL));
+        assert!(Family::Named.fits("linuxmusl-arm64", ARM64_MUSL));
+        assert!(!Family::Named.fits("linux-arm64-gnu", ARM64_MUSL));
     }
 
     #[test]
     fn fixes_name_the_servers_platform() {
         assert_eq!(
-            Family::Sharp.fix(Target {
-                cpu: "arm64",
-                musl: false
-            }),
+            Family::Sharp.fix(
+                "@img/sharp",
+                Target {
+                    cpu: "arm64",
+                    musl: false
+                }
+            ),
             "in `build`, install the server's variant: `npm install --os=linux --cpu=arm64 --libc=glibc sharp`"
         );
         assert_eq!(
-            Family::Sharp.wanted(ARM64_MUSL),
+            Family::Sharp.wanted("@img/sharp", ARM64_MUSL),
             "@img/sharp-linuxmusl-arm64"
         );
         assert_eq!(
-            Family::Prisma.wanted(X64),
+            Family::Prisma.wanted("prisma", X64),
             "libquery_engine-debian-openssl-3.0.x.so.node"
+        );
+        assert_eq!(
+            Family::Named.fix("@parcel/watcher", X64),
+            "in `build`, install the server's variant: `npm install --os=linux --cpu=x64 --libc=glibc @parcel/watcher`"
         );
         assert_eq!(node_cpu("aarch64"), "arm64");
         assert_eq!(node_cpu("x86_64"), "x64");
