@@ -95,12 +95,14 @@ fn addons(release: &Release, platform: &Platform) -> Vec<Mismatch> {
     mismatches
 }
 
-/// Whether `path` names native code an addon loads: a `*.node` addon or a
-/// shared library beside it (sharp's `libvips-cpp.so.42` needs more of glibc
-/// than its addon does).
+/// Whether `path` names native code an addon loads: a `*.node` addon, or a
+/// shared library of a package (sharp's `libvips-cpp.so.42` needs more of
+/// glibc than its addon does; a `.so` the app serves from `public/` is no code
+/// of the server's).
 fn is_native(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or_default();
-    name.ends_with(".node") || name.ends_with(".so") || name.contains(".so.")
+    let library = name.ends_with(".so") || name.contains(".so.");
+    name.ends_with(".node") || (library && path.split('/').any(|part| part == "node_modules"))
 }
 
 /// A node-gyp-build prebuilt tagged for the other libc (`node.napi.musl.node`).
@@ -313,6 +315,8 @@ mod tests {
         assert!(!is_native("node_modules/x/index.js"));
         assert!(!is_native("node_modules/x.so.js/index.js"));
         assert!(!is_native("public/docs/also.sorted.txt"));
+        assert!(!is_native("public/downloads/libdemo.so"));
+        assert!(is_native("build/Release/addon.node"));
     }
 
     #[test]
