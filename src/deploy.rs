@@ -10,7 +10,7 @@ use crate::error::{Error, ExitStatus, Result};
 use crate::github;
 use crate::inputs::{Deploy, Server};
 use crate::package::{self, Release};
-use crate::protocol::{Command, DeployRequest, Event, Request};
+use crate::protocol::{Command, DeployRequest, Event, Platform, Request};
 use crate::report::{HostReport, Outputs, mb};
 use crate::transport::{self, AgentBinary, AgentConn, Connection, Host, Opened};
 
@@ -363,7 +363,13 @@ fn stage_on(
             free_bytes,
             send,
             join,
+            platform,
         } => {
+            // Refused before a byte is sent: the agent discards what it prepared.
+            if let Err(err) = preflight(host, release, platform.as_ref()) {
+                conn.finish();
+                return Err(err);
+            }
             tracing::info!(
                 "{host}: ready (live: {}, {} free){}",
                 live.as_deref().unwrap_or("nothing yet"),
@@ -380,7 +386,12 @@ fn stage_on(
             live,
             would_prune,
             free_bytes,
+            platform,
         } => {
+            if let Err(err) = preflight(host, release, platform.as_ref()) {
+                finish(conn)?;
+                return Err(err);
+            }
             tracing::info!(
                 "{host}: dry run: would ship {} files ({}), switch `current` from {} to the new release, prune [{}]; {} free",
                 release.manifest.file_count(),
@@ -416,6 +427,21 @@ fn stage_on(
     }
     report.bytes_sent = conn.bytes_sent();
     Ok(Some((conn, compressed)))
+}
+
+/// Checks that `release` can run on `host`, as its agent describes it (agents
+/// older than the preflight say nothing: nothing to check).
+fn preflight(host: &Host, release: &Release, platform: Option<&Platform>) -> Result<()> {
+    let Some(platform) = platform else {
+        return Ok(());
+    };
+    crate::preflight::check(&host.to_string(), release, platform)?;
+    // Quiet by default: the pinned logs of a deploy stay as they were.
+    tracing::debug!(
+        "{host}: preflight: the release can run on {}",
+        crate::preflight::describe(platform)
+    );
+    Ok(())
 }
 
 /// Keeps the new release on every host: each agent logs it and prunes.

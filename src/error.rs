@@ -132,6 +132,16 @@ pub enum Error {
     /// The server refused a further SSH channel for the upload (`MaxSessions 1`).
     #[error("{host} refused another SSH channel for the upload: {message}")]
     ChannelRefused { host: String, message: String },
+    /// The release would not run on the host: native code or Node for another platform.
+    #[error(
+        "the release cannot run on {host} ({platform}):{}",
+        mismatch_lines(mismatches)
+    )]
+    Unrunnable {
+        host: String,
+        platform: String,
+        mismatches: Vec<Mismatch>,
+    },
     /// `doctor` found things to fix.
     #[error("doctor found {problems} thing(s) to fix (see above)")]
     Doctor { problems: usize },
@@ -143,6 +153,34 @@ pub enum Error {
     /// A local failure inside the agent (the agent reports these to the client).
     #[error("{}", .0.message)]
     Agent(Failure),
+}
+
+/// One thing of a release that does not fit the server it is deployed to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The file (a path of the release), or `node`.
+    pub file: String,
+    /// Why it does not fit.
+    pub problem: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+fn mismatch_lines(mismatches: &[Mismatch]) -> String {
+    mismatches
+        .iter()
+        .map(|m| format!("\n  - `{}` {}", m.file, m.problem))
+        .collect()
+}
+
+/// The distinct fixes of `mismatches`, in order.
+fn distinct_fixes(mismatches: &[Mismatch]) -> Vec<&str> {
+    let mut seen = std::collections::HashSet::new();
+    mismatches
+        .iter()
+        .map(|m| m.fix.as_str())
+        .filter(|fix| seen.insert(*fix))
+        .collect()
 }
 
 /// The exit status a failure of `kind`, reported by the agent, ends the client with.
@@ -194,7 +232,8 @@ impl Error {
             | Error::HostKeyMismatch { .. }
             | Error::HostKeyRevoked { .. }
             | Error::Key { .. }
-            | Error::KeyRejected { .. } => ExitStatus::BadInput,
+            | Error::KeyRejected { .. }
+            | Error::Unrunnable { .. } => ExitStatus::BadInput,
             Error::Remote { failure, .. } | Error::Agent(failure) => failure_status(failure.kind),
             Error::Local { .. }
             | Error::Build { .. }
@@ -245,6 +284,9 @@ impl Error {
             Error::ChannelRefused { .. } => "allow more sessions per connection (`MaxSessions` in sshd_config), or set `DROPSHIP_CHANNELS=1`".into(),
             Error::Remote { failure, .. } | Error::Agent(failure) => failure.hint.clone()?,
             Error::PutBack(cause) => cause.hint()?,
+            Error::Unrunnable { mismatches, .. } => {
+                distinct_fixes(mismatches).join("\n        ")
+            }
             Error::Local { .. } | Error::AgentDied { .. } | Error::Doctor { .. } => return None,
         })
     }

@@ -25,6 +25,89 @@ use crate::manifest::{self, Entry, Kind, Manifest};
 /// a manifest); the code under test gets the stream as it is.
 const HARNESS_LIMIT: u64 = 8 << 20;
 
+/// `fuzz_targets/elf.rs`: reads the input as the ELF file of a native addon
+/// (what the preflight does with every `*.node` of a release); `e_machine` read
+/// must be the one in the header.
+pub fn elf(data: &[u8]) {
+    if let Ok(needs) = crate::preflight::elf::read(data) {
+        let machine = [data[18], data[19]];
+        let big_endian = data[5] == 2;
+        let expected = if big_endian {
+            u16::from_be_bytes(machine)
+        } else {
+            u16::from_le_bytes(machine)
+        };
+        assert_eq!(needs.machine, expected);
+    }
+}
+
+/// A minimal 64-bit little-endian ELF shared object for `machine`, needing
+/// `needed` libraries and the symbol versions `versions` (of the first library).
+pub fn sample_elf(machine: u16, needed: &[&str], versions: &[&str]) -> Vec<u8> {
+    let mut strings = vec![0u8];
+    let at = |s: &str, strings: &mut Vec<u8>| {
+        let offset = strings.len() as u32;
+        strings.extend_from_slice(s.as_bytes());
+        strings.push(0);
+        offset
+    };
+    let needed_at: Vec<u32> = needed.iter().map(|n| at(n, &mut strings)).collect();
+    let versions_at: Vec<u32> = versions.iter().map(|v| at(v, &mut strings)).collect();
+    let mut dynamic = Vec::new();
+    for offset in &needed_at {
+        dynamic.extend_from_slice(&1u64.to_le_bytes());
+        dynamic.extend_from_slice(&u64::from(*offset).to_le_bytes());
+    }
+    dynamic.extend_from_slice(&[0; 16]);
+    let mut verneed = Vec::new();
+    verneed.extend_from_slice(&1u16.to_le_bytes());
+    verneed.extend_from_slice(&(versions.len() as u16).to_le_bytes());
+    verneed.extend_from_slice(&needed_at.first().copied().unwrap_or(0).to_le_bytes());
+    verneed.extend_from_slice(&16u32.to_le_bytes());
+    verneed.extend_from_slice(&0u32.to_le_bytes());
+    for (i, offset) in versions_at.iter().enumerate() {
+        verneed.extend_from_slice(&[0; 8]);
+        verneed.extend_from_slice(&offset.to_le_bytes());
+        let next: u32 = if i + 1 < versions.len() { 16 } else { 0 };
+        verneed.extend_from_slice(&next.to_le_bytes());
+    }
+    let mut file = vec![0u8; 64];
+    file[..4].copy_from_slice(b"\x7fELF");
+    file[4] = 2;
+    file[5] = 1;
+    file[6] = 1;
+    file[16] = 3;
+    file[18..20].copy_from_slice(&machine.to_le_bytes());
+    let place = |data: &[u8], file: &mut Vec<u8>| {
+        let offset = file.len() as u64;
+        file.extend_from_slice(data);
+        (offset, data.len() as u64)
+    };
+    let strings_place = place(&strings, &mut file);
+    let dynamic_place = place(&dynamic, &mut file);
+    let verneed_place = place(&verneed, &mut file);
+    let shoff = file.len() as u64;
+    let header = |kind: u32, (offset, size): (u64, u64), link: u32, file: &mut Vec<u8>| {
+        let mut h = [0u8; 64];
+        h[4..8].copy_from_slice(&kind.to_le_bytes());
+        h[24..32].copy_from_slice(&offset.to_le_bytes());
+        h[32..40].copy_from_slice(&size.to_le_bytes());
+        h[40..44].copy_from_slice(&link.to_le_bytes());
+        file.extend_from_slice(&h);
+    };
+    header(0, (0, 0), 0, &mut file);
+    header(3, strings_place, 0, &mut file);
+    header(6, dynamic_place, 1, &mut file);
+    if !versions.is_empty() {
+        header(0x6fff_fffe, verneed_place, 1, &mut file);
+    }
+    let count: u16 = if versions.is_empty() { 3 } else { 4 };
+    file[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+    file[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+    file[0x3c..0x3e].copy_from_slice(&count.to_le_bytes());
+    file
+}
+
 /// `fuzz_targets/dotenv.rs`: parses the input as dotenv text; whatever parses
 /// must render back to text that parses to the same pairs.
 pub fn dotenv(data: &[u8]) {
@@ -413,6 +496,17 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     for (i, text) in DOTENV_SEEDS.iter().enumerate() {
         seeds.push(("dotenv", format!("sample-{i}"), text.as_bytes().to_vec()));
     }
+    let addon = sample_elf(
+        62,
+        &["libc.so.6", "libstdc++.so.6"],
+        &["GLIBC_2.17", "GLIBC_2.28"],
+    );
+    seeds.push(("elf", "addon-x86_64".into(), addon));
+    seeds.push((
+        "elf",
+        "musl-aarch64".into(),
+        sample_elf(183, &["libc.musl-aarch64.so.1"], &[]),
+    ));
     let fixed = fixed_manifest();
     let small = small_manifest();
     for (name, manifest) in [("fixed", &fixed), ("small", &small)] {
@@ -606,6 +700,13 @@ mod tests {
             match target {
                 "dotenv" => dotenv(&input),
                 "manifest" => manifest(&input),
+                "elf" => {
+                    elf(&input);
+                    assert!(
+                        crate::preflight::elf::read(&input[..]).is_ok(),
+                        "elf seed {name}"
+                    );
+                }
                 _ => {
                     let accepted = stream_outcome(&input);
                     let expect_ok = !name.starts_with("refused-");

@@ -2,7 +2,7 @@
 //! switch it live atomically.
 //!
 //! The pipeline, one module a stage, data flowing one way:
-//! `cli` → `inputs` → `build` → `package` → `transport` → `agent` (on the server) → `report`.
+//! `cli` → `inputs` → `build` → `package` → `preflight` → `transport` → `agent` (on the server) → `report`.
 //! `deploy` orchestrates it; `protocol` and `manifest` are the contract between
 //! the client and the agent.
 
@@ -22,6 +22,7 @@ mod inputs;
 mod launch;
 mod manifest;
 mod package;
+mod preflight;
 mod protocol;
 mod report;
 mod transport;

@@ -211,6 +211,9 @@ pub enum Event {
         /// Where further parts of the stream may come in; `None` when they cannot.
         #[serde(default)]
         join: Option<Join>,
+        /// What the release must run on (checked by the client before it sends anything).
+        #[serde(default)]
+        platform: Option<Platform>,
     },
     /// What a dry run would do.
     Plan {
@@ -220,6 +223,9 @@ pub enum Event {
         would_prune: Vec<String>,
         /// Free bytes on the filesystem of `remote-path`.
         free_bytes: u64,
+        /// What the release must run on (`None` for a rollback).
+        #[serde(default)]
+        platform: Option<Platform>,
     },
     /// Every file arrived, matched the manifest and is on disk.
     Staged {
@@ -268,6 +274,44 @@ pub enum Event {
     },
     /// The operation failed; the agent exits after this line.
     Failed(Failure),
+}
+
+/// The server as a release must fit it: its CPU, its C library and its Node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    /// The CPU, as `uname -m` prints it (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// The C library programs and addons link against.
+    pub libc: Libc,
+    /// The Node the app runs with.
+    pub node: NodeRuntime,
+}
+
+/// The server's C library.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum Libc {
+    /// GNU libc, with its version (`2.36`).
+    Glibc {
+        /// `major.minor`.
+        version: String,
+    },
+    /// musl libc (Alpine).
+    Musl,
+    /// Neither could be found.
+    Unknown,
+}
+
+/// The Node the app would run with, as the agent found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeRuntime {
+    /// `node --version` printed this (`v20.11.1`).
+    Version(String),
+    /// No `node` was found where the agent looks.
+    Missing,
+    /// `node` is there but does not run: what it printed.
+    Broken(String),
 }
 
 /// One release as `releases` lists it.
@@ -496,11 +540,23 @@ mod tests {
                     socket: "/srv/app/.dropship/part-42.sock".into(),
                     token: "f00d".into(),
                 }),
+                platform: Some(Platform {
+                    arch: "x86_64".into(),
+                    libc: Libc::Glibc {
+                        version: "2.36".into(),
+                    },
+                    node: NodeRuntime::Version("v20.11.1".into()),
+                }),
             },
             Event::Plan {
                 live: None,
                 would_prune: vec!["r0".into()],
                 free_bytes: 1 << 30,
+                platform: Some(Platform {
+                    arch: "aarch64".into(),
+                    libc: Libc::Musl,
+                    node: NodeRuntime::Broken("GLIBC_2.28 not found".into()),
+                }),
             },
             Event::Staged {
                 files: 3,

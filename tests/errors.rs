@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::support::runtime::{Behaviour, Pm2Home, free_port, node_app};
 use crate::support::sshd::{KeyKind, Sshd};
-use crate::support::{fixture, process};
+use crate::support::{addon, fixture, process, tree};
 use crate::test::{Output, Test};
 
 /// Asserts the exit status, and that stderr is `expected` once every `(text, name)`
@@ -554,4 +554,368 @@ fn a_host_whose_agent_prints_endlessly_without_a_newline() {
         ),
     );
     assert!(!work.path().join("srv/releases/r2").exists());
+}
+
+/// What this machine is, as the preflight names it: `(glibc version, Node version)`,
+/// to be replaced by `[GLIBC]` and `[NODE]`.
+fn this_platform() -> (String, String) {
+    let run = |program: &str, arg: &str| {
+        let out = std::process::Command::new(program)
+            .arg(arg)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let glibc = run("getconf", "GNU_LIBC_VERSION");
+    let glibc = glibc.strip_prefix("glibc ").unwrap().to_owned();
+    (glibc, run("node", "--version"))
+}
+
+/// The fixture app with native addons that fit this x86_64 glibc machine, and
+/// sharp variants for other platforms besides (which are fine).
+fn app_with_addons(work: &Path) -> std::path::PathBuf {
+    let app = fixture::nextjs_app(work, "v1");
+    let nm = app.join(".next/standalone/node_modules");
+    addon::real(
+        work,
+        &nm.join("@img/sharp-linux-x64/lib/sharp-linux-x64.node"),
+    );
+    addon::real(
+        work,
+        &nm.join("@img/sharp-libvips-linux-x64/lib/libvips-cpp.so.42"),
+    );
+    addon::aarch64(
+        work,
+        &nm.join("@img/sharp-linux-arm64/lib/sharp-linux-arm64.node"),
+    );
+    addon::macos(&nm.join("@img/sharp-darwin-arm64/lib/sharp-darwin-arm64.node"));
+    addon::real(
+        work,
+        &nm.join("better-sqlite3/build/Release/better_sqlite3.node"),
+    );
+    app
+}
+
+/// The platform replaced in the texts: `[WORK]`, `[GLIBC]`, `[NODE]`.
+fn platform_vary(work: &Path) -> Vec<(String, &'static str)> {
+    let (glibc, node) = this_platform();
+    vec![
+        (text(work), "WORK"),
+        (format!("glibc {glibc}"), "GLIBC"),
+        (node, "NODE"),
+    ]
+}
+
+fn vary_refs<'a>(vary: &'a [(String, &'static str)]) -> Vec<(&'a str, &'static str)> {
+    vary.iter()
+        .map(|(text, name)| (text.as_str(), *name))
+        .collect()
+}
+
+#[test]
+fn a_native_addon_built_for_another_cpu() {
+    let work = tempfile::tempdir().unwrap();
+    let app = app_with_addons(work.path());
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    // The verdict on a release that fits is logged at debug level.
+    let out = local_deploy(&app, &remote)
+        .args(["--release", "r1"])
+        .env("DROPSHIP_LOG", "debug")
+        .success();
+    let (glibc, node) = this_platform();
+    let fits = format!(
+        "local: preflight: the release can run on linux x86_64, glibc {glibc}, Node {node}\n"
+    );
+    assert!(out.stderr.contains(&fits), "{}", out.stderr);
+
+    addon::aarch64(
+        work.path(),
+        &app.join(".next/standalone/node_modules/canvas/build/Release/canvas.node"),
+    );
+    let before = tree::snapshot(&remote);
+    let expected = concat!(
+        "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 28 files, 0.3 MB, server.js in `.`\n",
+        "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
+        "  - `node_modules/canvas/build/Release/canvas.node` is built for aarch64\n",
+        "  hint: build on a linux x86_64 runner with glibc, so that npm installs or compiles the addon for the server\n",
+    );
+    let dry = local_deploy(&app, &remote)
+        .args(["--release", "r2", "--dry-run"])
+        .run();
+    assert_stderr(&dry, 2, &vary_refs(&vary), expected);
+    let out = local_deploy(&app, &remote).args(["--release", "r2"]).run();
+    assert_stderr(&out, 2, &vary_refs(&vary), expected);
+    // Only the lock file's note of its last holder is rewritten.
+    let without_lock = |mut tree: std::collections::BTreeMap<String, String>| {
+        tree.remove(".dropship/lock");
+        tree
+    };
+    assert_eq!(
+        without_lock(before),
+        without_lock(tree::snapshot(&remote)),
+        "the server changed"
+    );
+}
+
+#[test]
+fn a_release_with_only_another_platforms_sharp() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let nm = app.join(".next/standalone/node_modules");
+    addon::aarch64(
+        work.path(),
+        &nm.join("@img/sharp-linux-arm64/lib/sharp-linux-arm64.node"),
+    );
+    addon::aarch64(
+        work.path(),
+        &nm.join("@img/sharp-libvips-linux-arm64/lib/libvips-cpp.so.42"),
+    );
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let out = local_deploy(&app, &remote).args(["--release", "r1"]).run();
+    assert_stderr(
+        &out,
+        2,
+        &vary_refs(&vary),
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 24 files, 0.2 MB, server.js in `.`\n",
+            "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
+            "  - `node_modules/@img/sharp-linux-arm64` is sharp for linux-arm64 only; this server needs `@img/sharp-linux-x64`\n",
+            "  - `node_modules/@img/sharp-libvips-linux-arm64` is sharp's libvips for linux-arm64 only; this server needs `@img/sharp-libvips-linux-x64`\n",
+            "  hint: in `build`, install the server's variant: `npm install --os=linux --cpu=x64 --libc=glibc sharp`\n",
+        ),
+    );
+    assert!(!remote.join("releases/r1").exists());
+}
+
+#[test]
+fn addons_built_for_musl_or_a_newer_glibc() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let nm = app.join(".next/standalone/node_modules");
+    addon::musl(work.path(), &nm.join("argon2/build/Release/argon2.node"));
+    addon::newer_glibc(
+        work.path(),
+        &nm.join("bcrypt/build/Release/bcrypt_lib.node"),
+    );
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let (glibc, _) = this_platform();
+    let out = local_deploy(&app, &remote).args(["--release", "r1"]).run();
+    let expected = format!(
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 24 files, 0.2 MB, server.js in `.`\n",
+            "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
+            "  - `node_modules/argon2/build/Release/argon2.node` is built for musl libc (Alpine); this server has glibc\n",
+            "  - `node_modules/bcrypt/build/Release/bcrypt_lib.node` needs glibc 99.0; this server has {glibc}\n",
+            "  hint: build on a linux x86_64 runner with glibc, so that npm installs or compiles the addon for the server\n",
+            "        build on a runner whose glibc is {glibc} or older (an older runner image, or a container of the server's distribution), or upgrade the server\n",
+        ),
+        glibc = glibc
+    );
+    assert_stderr(&out, 2, &vary_refs(&vary), &expected);
+    assert!(!remote.join("releases/r1").exists());
+}
+
+#[test]
+fn a_release_that_wants_a_newer_node() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    fs::write(
+        app.join(".next/standalone/package.json"),
+        r#"{ "name": "fixture-app", "private": true, "engines": { "node": ">=99" } }"#,
+    )
+    .unwrap();
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let out = local_deploy(&app, &remote).args(["--release", "r1"]).run();
+    assert_stderr(
+        &out,
+        2,
+        &vary_refs(&vary),
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
+            "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
+            "  - `package.json` wants Node `>=99` (`engines.node`); the server runs [NODE]\n",
+            "  hint: install a Node that satisfies `>=99` for the deploy user on the server (the first `node` on its PATH, e.g. with nvm), or change `engines.node`\n",
+        ),
+    );
+    assert!(!remote.join("releases/r1").exists());
+}
+
+/// The same refusal over SSH: the agent reports the platform from the login
+/// session (its `getconf`, its `node`), and the release never leaves the runner.
+#[test]
+fn a_native_addon_for_another_cpu_over_ssh() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    addon::aarch64(
+        work.path(),
+        &app.join(".next/standalone/node_modules/canvas/build/Release/canvas.node"),
+    );
+    let remote = work.path().join("srv");
+    let mut out = Test::deploy_over_ssh(&sshd, &app, &remote)
+        .args(["--release", "r1"])
+        .run();
+    // The agent is installed first (its size varies with the build): it has to say what the server is.
+    assert!(
+        out.stderr.contains(": installing the agent ("),
+        "{}",
+        out.stderr
+    );
+    out.stderr = out
+        .stderr
+        .lines()
+        .filter(|line| !line.contains(": installing the agent ("))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let mut vary = platform_vary(work.path());
+    vary.push((sshd.host_spec(), "HOST"));
+    assert_stderr(
+        &out,
+        2,
+        &vary_refs(&vary),
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 23 files, 0.2 MB, server.js in `.`\n",
+            "error: the release cannot run on [HOST] (linux x86_64, [GLIBC], Node [NODE]):\n",
+            "  - `node_modules/canvas/build/Release/canvas.node` is built for aarch64\n",
+            "  hint: build on a linux x86_64 runner with glibc, so that npm installs or compiles the addon for the server\n",
+        ),
+    );
+    assert!(!remote.join("releases/r1").exists());
+    assert!(!remote.join("current").exists());
+}
+
+/// Real sharp packages, as npm installs them on an x64 and on an arm64 runner:
+/// the arm64 ones alone are refused on this x86_64 server (the addon inside is
+/// not even read: the family says it); with the x64 ones beside them (their
+/// addon and libvips checked as ELF files) the release deploys.
+#[test]
+fn real_sharp_for_arm64_only_is_refused() {
+    let (x64, arm64) = (addon::sharp("x64"), addon::sharp("arm64"));
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let img = app.join(".next/standalone/node_modules/@img");
+    tree::copy_dir(&arm64.join("@img"), &img);
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let out = local_deploy(&app, &remote).args(["--release", "r1"]).run();
+    assert_stderr(
+        &out,
+        2,
+        &vary_refs(&vary),
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 32 files, 16.7 MB, server.js in `.`\n",
+            "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
+            "  - `node_modules/@img/sharp-linux-arm64` is sharp for linux-arm64 only; this server needs `@img/sharp-linux-x64`\n",
+            "  - `node_modules/@img/sharp-libvips-linux-arm64` is sharp's libvips for linux-arm64 only; this server needs `@img/sharp-libvips-linux-x64`\n",
+            "  hint: in `build`, install the server's variant: `npm install --os=linux --cpu=x64 --libc=glibc sharp`\n",
+        ),
+    );
+    assert!(!remote.join("releases/r1").exists());
+
+    tree::copy_dir(&x64.join("@img"), &img);
+    local_deploy(&app, &remote)
+        .args(["--release", "r1"])
+        .success();
+    assert!(
+        remote
+            .join("current/node_modules/@img/sharp-linux-x64/lib/sharp-linux-x64.node")
+            .exists()
+    );
+}
+
+/// In a monorepo both the app's `package.json` (beside its `server.js`) and the
+/// workspace root's count.
+#[test]
+fn a_monorepo_whose_root_wants_a_newer_node() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_monorepo_app(&work.path().join("repo"));
+    fs::write(
+        app.join(".next/standalone/package.json"),
+        r#"{ "name": "fixture-monorepo", "private": true, "engines": { "node": "^14.17 || ^16" } }"#,
+    )
+    .unwrap();
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let out = local_deploy(&app, &remote).args(["--release", "r1"]).run();
+    assert_stderr(
+        &out,
+        2,
+        &vary_refs(&vary),
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → apps/web/.next/static, public → apps/web/public) — 23 files, 0.2 MB, server.js in `apps/web`\n",
+            "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
+            "  - `package.json` wants Node `^14.17 || ^16` (`engines.node`); the server runs [NODE]\n",
+            "  hint: install a Node that satisfies `^14.17 || ^16` for the deploy user on the server (the first `node` on its PATH, e.g. with nvm), or change `engines.node`\n",
+        ),
+    );
+}
+
+/// A server whose Node cannot start (an official Node 18+ on a glibc older than
+/// 2.28): the release is refused with what `node` said.
+#[test]
+fn a_server_whose_node_does_not_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let bin = work.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let node = bin.join("node");
+    fs::write(
+        &node,
+        "#!/bin/sh\necho \"node: /lib/x86_64-linux-gnu/libc.so.6: version \\`GLIBC_2.28' not found (required by node)\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    fs::set_permissions(&node, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let remote = work.path().join("srv");
+    let vary = platform_vary(work.path());
+    let out = local_deploy(&app, &remote)
+        .args(["--release", "r1"])
+        .env("PATH", &path)
+        .run();
+    assert_stderr(
+        &out,
+        2,
+        &vary_refs(&vary),
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
+            "error: the release cannot run on local (linux x86_64, [GLIBC], Node that does not run):\n",
+            "  - `node` (the server's) does not run: `[WORK]/bin/node --version` failed (exit status: 1): node: /lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.28' not found (required by node)\n",
+            "  hint: install a Node that runs on this server for the deploy user (e.g. with nvm); its official builds need glibc 2.28 or newer since Node 18\n",
+        ),
+    );
+    assert!(!remote.join("releases/r1").exists());
+}
+
+/// Variants for other platforms are fine wherever the package manager put
+/// them: pnpm keeps each in its own `node_modules/.pnpm/<name>@<version>/`,
+/// and older npm installs the musl variant of a package beside the glibc one.
+#[test]
+fn other_platforms_variants_in_a_pnpm_tree_are_fine() {
+    let work = tempfile::tempdir().unwrap();
+    let app = fixture::nextjs_app(work.path(), "v1");
+    let pnpm = app.join(".next/standalone/node_modules/.pnpm");
+    let sharp = |platform: &str| {
+        pnpm.join(format!(
+            "@img+sharp-{platform}@0.33.5/node_modules/@img/sharp-{platform}/lib/sharp-{platform}.node"
+        ))
+    };
+    addon::real(work.path(), &sharp("linux-x64"));
+    addon::macos(&sharp("darwin-arm64"));
+    addon::aarch64(work.path(), &sharp("linux-arm64"));
+    let watcher = |abi: &str| {
+        pnpm.join(format!(
+            "@parcel+watcher-linux-x64-{abi}@2.4.1/node_modules/@parcel/watcher-linux-x64-{abi}/watcher.node"
+        ))
+    };
+    addon::real(work.path(), &watcher("glibc"));
+    addon::musl(work.path(), &watcher("musl"));
+    let remote = work.path().join("srv");
+    local_deploy(&app, &remote)
+        .args(["--release", "r1"])
+        .success();
 }

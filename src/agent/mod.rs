@@ -10,6 +10,7 @@ mod doctor;
 mod health;
 mod idle;
 mod parts;
+mod platform;
 mod pm2;
 pub(crate) mod receive;
 mod reuse;
@@ -28,7 +29,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, ExitStatus, Result};
 use crate::manifest;
 use crate::protocol::{
-    self, Command, DeployRequest, Event, Failure, FailureKind, PROTOCOL_VERSION, Request,
+    self, Command, DeployRequest, Event, Failure, FailureKind, PROTOCOL_VERSION, Platform, Request,
     RollbackRequest, Target,
 };
 use activate::Activator;
@@ -175,8 +176,9 @@ impl<W: Write> Session<W> {
     fn deploy(&mut self, request: &DeployRequest) -> Result<()> {
         let store = self.open(&request.target)?;
         check_deploy_request(request)?;
+        let platform = platform::Detecting::start();
         if request.target.dry_run {
-            return self.plan(&store, request);
+            return self.plan(&store, request, platform.finish());
         }
         let activator = Activator::new(&store, &request.run)?;
         let _lock = self.lock(
@@ -222,6 +224,7 @@ impl<W: Write> Session<W> {
             free_bytes: store.free_bytes(),
             live: store.live(),
             join: parts.as_ref().map(PartListener::join),
+            platform: Some(platform.finish()),
         })?;
         self.input
             .get_mut()
@@ -425,7 +428,7 @@ impl<W: Write> Session<W> {
         }
     }
 
-    fn plan(&mut self, store: &Store, request: &DeployRequest) -> Result<()> {
+    fn plan(&mut self, store: &Store, request: &DeployRequest, platform: Platform) -> Result<()> {
         let live = store.live();
         let mut releases = store.releases()?;
         releases.push(protocol::ReleaseInfo {
@@ -444,6 +447,7 @@ impl<W: Write> Session<W> {
             live,
             would_prune,
             free_bytes: store.free_bytes(),
+            platform: Some(platform),
         })?;
         self.done(Vec::new())
     }
@@ -498,6 +502,7 @@ impl<W: Write> Session<W> {
                 live,
                 would_prune: Vec::new(),
                 free_bytes: store.free_bytes(),
+                platform: None,
             })?;
             return self.done(Vec::new());
         }

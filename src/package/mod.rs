@@ -47,6 +47,11 @@ pub struct Release {
 }
 
 impl Release {
+    /// The local file the manifest entry `index` comes from.
+    pub fn source(&self, index: usize) -> &Path {
+        &self.sources[index].0
+    }
+
     /// What the server does with what this release ships under a `shared` path
     /// or as the app's `.env`, for the log and the job summary: keys, never values.
     pub fn shared_notes(&self, shared: &[String], env: Option<&[(String, String)]>) -> Vec<String> {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod addon;
 pub mod browser;
 pub mod fake_github;
 pub mod fixture;
