@@ -130,19 +130,35 @@ impl Agent {
         )
     }
 
-    /// The file gzip-compressed, for servers that have `gzip`: a static agent
-    /// shrinks to 45 %, and unpacks faster than it arrives. (Level 6: level 9
-    /// saves 0.4 % more of a 3 MB agent in three times the time.)
-    pub fn gzipped(&self) -> Vec<u8> {
-        let mut encoder = flate2::write::GzEncoder::new(
-            Vec::with_capacity(self.bytes.len() / 2),
-            flate2::Compression::default(),
-        );
-        // Writing to memory does not fail; should it, the raw file goes.
-        encoder
-            .write_all(&self.bytes)
-            .and_then(|()| encoder.finish())
-            .unwrap_or_default()
+    /// Writes the file gzip-compressed to `out`, for servers that have `gzip`;
+    /// returns the bytes written. The compression runs as the bytes go out, so
+    /// it overlaps the transfer. A static agent shrinks to 45 % (level 6:
+    /// level 9 saves 0.4 % more of a 3 MB agent in three times the time).
+    pub fn write_gzipped(&self, out: &mut impl Write) -> std::io::Result<u64> {
+        let mut counted = Counted { out, bytes: 0 };
+        let mut encoder =
+            flate2::write::GzEncoder::new(&mut counted, flate2::Compression::default());
+        encoder.write_all(&self.bytes)?;
+        encoder.finish()?;
+        Ok(counted.bytes)
+    }
+}
+
+/// A writer that counts what passes through it.
+struct Counted<'a, W> {
+    out: &'a mut W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.out.write(buf)?;
+        self.bytes += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -266,7 +282,9 @@ mod tests {
     fn the_gzipped_agent_unpacks_to_the_same_bytes() {
         use std::io::Read;
         let original = agent(Some("x86_64"), &b"dropship agent ".repeat(1000));
-        let packed = original.gzipped();
+        let mut packed = Vec::new();
+        let written = original.write_gzipped(&mut packed).unwrap();
+        assert_eq!(written, packed.len() as u64);
         assert!(packed.len() < original.bytes.len() / 10);
         let mut unpacked = Vec::new();
         flate2::read::GzDecoder::new(&packed[..])

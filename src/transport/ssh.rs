@@ -165,19 +165,19 @@ fn install(
     gzip: bool,
 ) -> Result<u64> {
     let bin = agent.remote_path(remote_path);
-    let packed = if gzip { agent.gzipped() } else { Vec::new() };
-    let (bytes, gzipped) = if packed.is_empty() {
-        (&agent.bytes, false)
-    } else {
-        (&packed, true)
-    };
     tracing::info!(
         "{label}: installing the agent ({} KB{}) at {bin}",
-        bytes.len() / 1024,
-        if gzipped { ", gzipped" } else { "" }
+        agent.bytes.len() / 1024,
+        if gzip { ", gzipped" } else { "" }
     );
-    upload(session, label, &upload_command(&bin, gzipped), bytes)?;
-    Ok(bytes.len() as u64)
+    upload(session, label, &upload_command(&bin, gzip), |link| {
+        if gzip {
+            agent.write_gzipped(link)
+        } else {
+            link.write_all(&agent.bytes)
+                .map(|()| agent.bytes.len() as u64)
+        }
+    })
 }
 
 /// Connects and negotiates encryption, offering the host key algorithms
@@ -330,17 +330,23 @@ fn start(session: &Session, label: &str, select: &str, request: &[u8]) -> Result
     AgentConn::start(label, Box::new(link), request)
 }
 
-fn upload(session: &Session, label: &str, command: &str, bytes: &[u8]) -> Result<()> {
+/// Runs `command` with what `send` writes on its stdin; returns the bytes sent.
+fn upload(
+    session: &Session,
+    label: &str,
+    command: &str,
+    send: impl FnOnce(&mut SshLink) -> io::Result<u64>,
+) -> Result<u64> {
     let mut link = SshLink {
         channel: exec(session, label, command)?,
         session: session.clone(),
         select: String::new(),
         round_trip: Duration::ZERO,
     };
-    let written = link.channel.write_all(bytes);
+    let written = send(&mut link);
     let (status, stderr) = link.finish();
     match (written, status) {
-        (Ok(()), Some(0)) => Ok(()),
+        (Ok(sent), Some(0)) => Ok(sent),
         (result, status) => Err(Error::AgentDied {
             host: label.into(),
             status: format!(
