@@ -6,36 +6,49 @@
 #   docker build -t dropship .
 #   docker buildx build --target binary --output type=local,dest=dist .   # just the binary
 #
-# The binary is static (musl): the client uploads this same file to the servers as the
-# agent, so it must run on any x86_64 Linux, whatever its libc.
+# The binaries are static: the client (musl) and the agents it uploads to servers,
+# `dropship-agent-x86_64` (musl) and `dropship-agent-aarch64` (glibc, crt-static),
+# which must run on any Linux of their CPU, whatever its libc. The client picks the
+# one for the server's `uname -m` from beside itself (README "### ARM servers").
 
-# ---- builder: a static x86_64 binary ------------------------------------------------
+# ---- builder: static x86_64 binaries and the aarch64 agent ---------------------------
 FROM rust:1.95-bookworm AS builder
 
-# musl-gcc for the C parts (libssh2 and the vendored OpenSSL, zstd, ring); perl and make,
-# which OpenSSL's build needs, are in the rust image already.
+# musl-gcc for the C parts (libssh2 and the vendored OpenSSL, zstd, ring); the aarch64
+# cross gcc and glibc for the aarch64 agent. perl and make, which OpenSSL's build needs,
+# are in the rust image already.
 # Debian package versions are not pinned (DL3008): bookworm's point releases replace
 # them, and a pin would break the build on the next one.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends musl-tools \
+    && apt-get install -y --no-install-recommends musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
     && rm -rf /var/lib/apt/lists/* \
-    && rustup target add x86_64-unknown-linux-musl
+    && rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-gnu
+
+ENV CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+    CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+    AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 
 WORKDIR /src
 COPY . .
 
 # The cache mounts keep the crates.io downloads and the compiled dependencies between
-# local builds; the binary is copied out of the cached target directory.
+# local builds; the binaries are copied out of the cached target directory. The aarch64
+# agent is built alone (`cargo rustc --bin`): `crt-static` for it only.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --target x86_64-unknown-linux-musl \
+    && cargo rustc --release --locked --target aarch64-unknown-linux-gnu --bin dropship-agent \
+       -- -C target-feature=+crt-static \
     && cp target/x86_64-unknown-linux-musl/release/dropship /usr/local/bin/dropship \
-    && /usr/local/bin/dropship --version
+    && cp target/x86_64-unknown-linux-musl/release/dropship-agent /usr/local/bin/dropship-agent-x86_64 \
+    && cp target/aarch64-unknown-linux-gnu/release/dropship-agent /usr/local/bin/dropship-agent-aarch64 \
+    && /usr/local/bin/dropship --version \
+    && /usr/local/bin/dropship-agent-x86_64 --version
 
-# ---- binary: only the file, for `--output type=local` (the release attaches it) -------
+# ---- binary: only the files, for `--output type=local` (the release attaches them) ----
 FROM scratch AS binary
-COPY --from=builder /usr/local/bin/dropship /dropship
+COPY --from=builder /usr/local/bin/dropship /usr/local/bin/dropship-agent-x86_64 /usr/local/bin/dropship-agent-aarch64 /
 
 # ---- runtime: what the Action runs ---------------------------------------------------
 # Node.js (LTS, with corepack for pnpm and yarn) runs the user's `build` input, e.g.
@@ -57,7 +70,7 @@ RUN apt-get update \
 ENV COREPACK_ENABLE_DOWNLOAD_PROMPT=0 \
     NEXT_TELEMETRY_DISABLED=1
 
-COPY --from=builder /usr/local/bin/dropship /usr/local/bin/dropship
+COPY --from=builder /usr/local/bin/dropship /usr/local/bin/dropship-agent-x86_64 /usr/local/bin/dropship-agent-aarch64 /usr/local/bin/
 
 # Runs as root and sets no WORKDIR, as GitHub's Dockerfile rules for actions require:
 # the runner mounts the workspace at /github/workspace and makes it the working

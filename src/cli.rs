@@ -27,6 +27,23 @@ pub enum Command {
     Package(PackageArgs),
     /// Check a host and print fixes: SSH, disk, Node, PM2, nginx, sudo.
     Doctor(DoctorArgs),
+    /// What runs on the server (hidden; also all that `dropship-agent` takes).
+    #[command(flatten)]
+    Server(ServerCommand),
+}
+
+/// The command line of `dropship-agent`, the agent alone.
+#[derive(Debug, Parser)]
+#[command(name = "dropship-agent", version, propagate_version = true)]
+pub struct AgentCli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ServerCommand,
+}
+
+/// The sub-commands that run on the server.
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
     /// Run the server side (started by dropship over SSH; reads its request on stdin).
     #[command(hide = true)]
     Agent,

@@ -110,9 +110,18 @@ pub enum Error {
         status: String,
         stderr: String,
     },
-    /// The bootstrap found no agent of this version on the host (exit 97): it is uploaded next.
+    /// The bootstrap found no agent of this version on the host (exit 97): it is
+    /// uploaded next. `report` is what the bootstrap said about the host's CPU.
     #[error("the agent is not installed on {host}")]
-    AgentMissing { host: String },
+    AgentMissing { host: String, report: String },
+    /// This client has no agent for the host's CPU: refused before anything changed.
+    #[error("{host} runs on {machine}, and this client has no agent for it ({searched})")]
+    NoAgent {
+        host: String,
+        machine: String,
+        searched: String,
+        hint: String,
+    },
     /// The agent was uploaded, yet the host still cannot run it.
     #[error("the agent uploaded to {host} cannot be run")]
     AgentNotRunnable { host: String },
@@ -233,7 +242,8 @@ impl Error {
             | Error::HostKeyRevoked { .. }
             | Error::Key { .. }
             | Error::KeyRejected { .. }
-            | Error::Unrunnable { .. } => ExitStatus::BadInput,
+            | Error::Unrunnable { .. }
+            | Error::NoAgent { .. } => ExitStatus::BadInput,
             Error::Remote { failure, .. } | Error::Agent(failure) => failure_status(failure.kind),
             Error::Local { .. }
             | Error::Build { .. }
@@ -253,9 +263,10 @@ impl Error {
     /// What the user should do next, when dropship knows.
     pub fn hint(&self) -> Option<String> {
         Some(match self {
-            Error::Input { hint, .. } | Error::Source { hint, .. } | Error::Key { hint, .. } => {
-                hint.clone()
-            }
+            Error::Input { hint, .. }
+            | Error::Source { hint, .. }
+            | Error::Key { hint, .. }
+            | Error::NoAgent { hint, .. } => hint.clone(),
             Error::EscapingSymlink { .. } => {
                 "make the link relative and inside the app, or add it to `exclude`".into()
             }

@@ -46,25 +46,42 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     }
     let cli = match cli::Cli::try_parse_from(args) {
         Ok(cli) => cli,
-        Err(err) => {
-            let _ = err.print();
-            return ExitCode::from(if err.use_stderr() {
-                ExitStatus::BadInput as u8
-            } else {
-                0
-            });
-        }
+        Err(err) => return usage(&err),
     };
-    match &cli.command {
-        cli::Command::Agent => return ExitCode::from(agent::run() as u8),
-        cli::Command::AgentPart(args) => return ExitCode::from(agent::relay_part(&args.socket)),
-        cli::Command::RunApp(args) => return launch::run(args),
-        _ => {}
+    if let cli::Command::Server(command) = &cli.command {
+        return serve(command);
     }
     report::init_logging();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => action::fail(&err),
+    }
+}
+
+/// Runs `dropship-agent` with `args`: the agent alone, which links neither the
+/// GitHub client nor SSH (what the client installs on servers).
+pub fn run_agent(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    match cli::AgentCli::try_parse_from(args) {
+        Ok(cli) => serve(&cli.command),
+        Err(err) => usage(&err),
+    }
+}
+
+/// Prints clap's message; exit 2 for a bad command line, 0 for `--help`/`--version`.
+fn usage(err: &clap::Error) -> ExitCode {
+    let _ = err.print();
+    ExitCode::from(if err.use_stderr() {
+        ExitStatus::BadInput as u8
+    } else {
+        0
+    })
+}
+
+fn serve(command: &cli::ServerCommand) -> ExitCode {
+    match command {
+        cli::ServerCommand::Agent => ExitCode::from(agent::run() as u8),
+        cli::ServerCommand::AgentPart(args) => ExitCode::from(agent::relay_part(&args.socket)),
+        cli::ServerCommand::RunApp(args) => launch::run(args),
     }
 }
 
@@ -75,6 +92,6 @@ fn dispatch(command: cli::Command) -> Result<(), Error> {
         cli::Command::Releases(args) => commands::releases(args),
         cli::Command::Package(args) => commands::package(&args),
         cli::Command::Doctor(args) => commands::doctor(args),
-        cli::Command::Agent | cli::Command::AgentPart(_) | cli::Command::RunApp(_) => Ok(()),
+        cli::Command::Server(_) => Ok(()),
     }
 }

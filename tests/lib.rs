@@ -45,5 +45,7 @@ mod faults;
 mod errors;
 // Issue 10: errors after the switch, an out-of-date PM2, damaged port lists.
 mod switch;
+// The agent for the server's CPU, gzipped on the wire; no agent, no deploy.
+mod agents;
 // Shipped `shared` paths (a committed `.env`) and read-only build directories.
 mod shared;

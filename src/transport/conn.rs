@@ -423,7 +423,12 @@ impl AgentConn {
         }
         let host = self.host.clone();
         let status = match status {
-            Some(AGENT_MISSING) => return Error::AgentMissing { host },
+            Some(AGENT_MISSING) => {
+                return Error::AgentMissing {
+                    host,
+                    report: stderr,
+                };
+            }
             Some(code) => format!("exit status {code}"),
             None => "killed, or the connection dropped".into(),
         };

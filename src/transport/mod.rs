@@ -2,6 +2,7 @@
 //! for `host: local`. Either way the result is an [`AgentConn`] that speaks the
 //! protocol; nothing above this module knows which.
 
+mod agents;
 mod conn;
 mod hostkey;
 mod keys;
@@ -10,10 +11,10 @@ mod ssh;
 
 use std::fmt;
 
+pub use agents::AgentBinary;
 pub use conn::{AgentConn, encode_request};
 pub use hostkey::Pinning;
 pub use keys::PrivateKey;
-pub use ssh::AgentBinary;
 
 use crate::error::Result;
 

@@ -6,63 +6,20 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
 use ssh2::{Channel, MethodType, Session};
 
+use super::agents::{Agent, AgentBinary};
 use super::conn::{AGENT_MISSING, AgentConn, Link};
 use super::{Credentials, Host, Opened};
 use crate::error::{Error, Result};
-use crate::manifest::sha256_hex;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The longest a single blocking SSH call may wait; the agent sends a line at
 /// least every few seconds while it waits for a lock.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The agent binary to install on servers: this executable, or `DROPSHIP_AGENT_BINARY`
-/// (a Linux build, when the client runs elsewhere). Read and hashed on first use only,
-/// so runs that reach no SSH host never pay for it.
-#[derive(Default)]
-pub struct AgentBinary {
-    loaded: OnceLock<Loaded>,
-}
-
-struct Loaded {
-    bytes: Vec<u8>,
-    sha256: String,
-}
-
-impl AgentBinary {
-    fn get(&self) -> Result<&Loaded> {
-        if let Some(loaded) = self.loaded.get() {
-            return Ok(loaded);
-        }
-        let path = match std::env::var_os("DROPSHIP_AGENT_BINARY") {
-            Some(path) => path.into(),
-            None => std::env::current_exe()
-                .map_err(|err| Error::local("find", "the dropship binary", err))?,
-        };
-        let bytes = std::fs::read(&path)
-            .map_err(|err| Error::local("read the agent binary", &path, err))?;
-        let sha256 = sha256_hex(&bytes);
-        Ok(self.loaded.get_or_init(|| Loaded { bytes, sha256 }))
-    }
-}
-
-impl Loaded {
-    /// Where it lives on the server: versioned and hashed, so versions never collide.
-    fn remote_path(&self, remote_path: &str) -> String {
-        format!(
-            "{}/.dropship/bin/dropship-{}-{}",
-            remote_path.trim_end_matches('/'),
-            env!("CARGO_PKG_VERSION"),
-            &self.sha256[..12]
-        )
-    }
-}
 
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
@@ -73,22 +30,53 @@ pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// Runs the agent at `path` if it is there; exits 97 otherwise. (Its name holds
-/// its hash, and the agent checks itself against it before changing anything.)
-pub fn agent_command(path: &str) -> String {
+/// Runs the agent for this server's CPU if it is there (`select` sets `f`, see
+/// [`select_script`](super::agents::Agents::select_script)); otherwise prints the CPU and whether `gzip` is
+/// there on stderr and exits 97. (The agent's name holds its hash, and the agent
+/// checks itself against it before changing anything.)
+pub fn agent_command(select: &str) -> String {
     format!(
-        "f={}; if [ -x \"$f\" ]; then exec \"$f\" agent; fi; exit {AGENT_MISSING}",
-        quote(path)
+        "{select}; if [ -n \"$f\" ] && [ -x \"$f\" ]; then exec \"$f\" agent; fi; \
+         echo \"{BOOTSTRAP} $(uname -m) $(command -v gzip)\" >&2; exit {AGENT_MISSING}"
     )
 }
 
-/// Writes stdin to `path` (mode 0700) through a temporary file and a rename.
-pub fn upload_command(path: &str) -> String {
+/// How the bootstrap's report line on stderr starts.
+const BOOTSTRAP: &str = "dropship-bootstrap:";
+
+/// What the bootstrap said about a server without the agent.
+#[derive(Debug, PartialEq, Eq)]
+struct Platform {
+    /// `uname -m`.
+    machine: String,
+    /// Whether `gzip` is on the PATH (to unpack a compressed agent).
+    gzip: bool,
+}
+
+impl Platform {
+    /// Reads the bootstrap's line from its `stderr`.
+    fn parse(stderr: &str) -> Platform {
+        let mut words = stderr
+            .lines()
+            .find_map(|line| line.strip_prefix(BOOTSTRAP))
+            .unwrap_or_default()
+            .split_whitespace();
+        Platform {
+            machine: words.next().unwrap_or_default().to_owned(),
+            gzip: words.next().is_some(),
+        }
+    }
+}
+
+/// Writes stdin to `path` (mode 0700) through a temporary file and a rename,
+/// unpacking it with `gzip -dc` when `gzipped`.
+pub fn upload_command(path: &str, gzipped: bool) -> String {
     let dir = path.rsplit_once('/').map_or(".", |(dir, _)| dir);
     format!(
-        "umask 077 && mkdir -p {dir} && t={path}.$$ && cat > \"$t\" && chmod 700 \"$t\" && mv -f \"$t\" {path}",
+        "umask 077 && mkdir -p {dir} && t={path}.$$ && {unpack} > \"$t\" && chmod 700 \"$t\" && mv -f \"$t\" {path}",
         dir = quote(dir),
-        path = quote(path)
+        path = quote(path),
+        unpack = if gzipped { "gzip -dc" } else { "cat" },
     )
 }
 
@@ -131,8 +119,8 @@ pub fn connect(
 }
 
 impl Connected {
-    /// Starts the agent with `request`, uploading it first when it is missing
-    /// (unless `dry_run`).
+    /// Starts the agent with `request`, uploading the one for the server's CPU
+    /// first when it is missing (unless `dry_run`).
     pub fn start(
         self,
         agent: &AgentBinary,
@@ -141,31 +129,55 @@ impl Connected {
         request: &[u8],
     ) -> Result<Opened> {
         let Connected { label, session } = self;
-        let agent = agent.get()?;
-        let bin = agent.remote_path(remote_path);
-        match start(&session, &label, &bin, request) {
-            Err(Error::AgentMissing { .. }) => {}
+        let agents = agent.get()?;
+        let select = agents.select_script(remote_path);
+        let report = match start(&session, &label, &select, request) {
+            Err(Error::AgentMissing { report, .. }) => report,
             other => return other.map(Opened::Ready),
-        }
+        };
+        let platform = Platform::parse(&report);
+        let agent = agents
+            .for_machine(&platform.machine)
+            .ok_or_else(|| agents.missing(&label, &platform.machine))?;
         if dry_run {
             return Ok(Opened::AgentMissing {
                 upload_bytes: agent.bytes.len() as u64,
             });
         }
-        tracing::info!(
-            "{label}: installing the agent ({} KB) at {bin}",
-            agent.bytes.len() / 1024
-        );
-        upload(&session, &label, &bin, &agent.bytes)?;
-        let started = start(&session, &label, &bin, request).map(|mut conn| {
-            conn.count_upload(agent.bytes.len() as u64);
+        let sent = install(&session, &label, agent, remote_path, platform.gzip)?;
+        let started = start(&session, &label, &select, request).map(|mut conn| {
+            conn.count_upload(sent);
             conn
         });
         match started {
-            Err(Error::AgentMissing { host }) => Err(Error::AgentNotRunnable { host }),
+            Err(Error::AgentMissing { host, .. }) => Err(Error::AgentNotRunnable { host }),
             other => other.map(Opened::Ready),
         }
     }
+}
+
+/// Uploads `agent` (gzipped when the server can unpack it); returns the bytes sent.
+fn install(
+    session: &Session,
+    label: &str,
+    agent: &Agent,
+    remote_path: &str,
+    gzip: bool,
+) -> Result<u64> {
+    let bin = agent.remote_path(remote_path);
+    tracing::info!(
+        "{label}: installing the agent ({} KB{}) at {bin}",
+        agent.bytes.len() / 1024,
+        if gzip { ", gzipped" } else { "" }
+    );
+    upload(session, label, &upload_command(&bin, gzip), |link| {
+        if gzip {
+            agent.write_gzipped(link)
+        } else {
+            link.write_all(&agent.bytes)
+                .map(|()| agent.bytes.len() as u64)
+        }
+    })
 }
 
 /// Connects and negotiates encryption, offering the host key algorithms
@@ -296,14 +308,14 @@ fn open_channel(session: &Session) -> std::result::Result<(Channel, Duration), s
     }
 }
 
-fn start(session: &Session, label: &str, agent: &str, request: &[u8]) -> Result<AgentConn> {
+fn start(session: &Session, label: &str, select: &str, request: &[u8]) -> Result<AgentConn> {
     let (mut channel, round_trip) = open_channel(session).map_err(|err| Error::Ssh {
         host: label.into(),
         step: "opening a channel",
         message: err.to_string(),
     })?;
     channel
-        .exec(&agent_command(agent))
+        .exec(&agent_command(select))
         .map_err(|err| Error::Ssh {
             host: label.into(),
             step: "starting the agent",
@@ -312,23 +324,29 @@ fn start(session: &Session, label: &str, agent: &str, request: &[u8]) -> Result<
     let link = SshLink {
         channel,
         session: session.clone(),
-        agent: agent.to_owned(),
+        select: select.to_owned(),
         round_trip,
     };
     AgentConn::start(label, Box::new(link), request)
 }
 
-fn upload(session: &Session, label: &str, path: &str, bytes: &[u8]) -> Result<()> {
+/// Runs `command` with what `send` writes on its stdin; returns the bytes sent.
+fn upload(
+    session: &Session,
+    label: &str,
+    command: &str,
+    send: impl FnOnce(&mut SshLink) -> io::Result<u64>,
+) -> Result<u64> {
     let mut link = SshLink {
-        channel: exec(session, label, &upload_command(path))?,
+        channel: exec(session, label, command)?,
         session: session.clone(),
-        agent: String::new(),
+        select: String::new(),
         round_trip: Duration::ZERO,
     };
-    let written = link.channel.write_all(bytes);
+    let written = send(&mut link);
     let (status, stderr) = link.finish();
     match (written, status) {
-        (Ok(()), Some(0)) => Ok(()),
+        (Ok(sent), Some(0)) => Ok(sent),
         (result, status) => Err(Error::AgentDied {
             host: label.into(),
             status: format!(
@@ -346,8 +364,8 @@ fn upload(session: &Session, label: &str, path: &str, bytes: &[u8]) -> Result<()
 struct SshLink {
     channel: Channel,
     session: Session,
-    /// The agent binary on the server.
-    agent: String,
+    /// The shell snippet that finds the agent on the server ([`select_script`](super::agents::Agents::select_script)).
+    select: String,
     round_trip: Duration,
 }
 
@@ -392,8 +410,8 @@ impl Link for SshLink {
 
     fn open_part(&mut self, socket: &str) -> io::Result<Box<dyn Link>> {
         let command = format!(
-            "exec {} agent-part --socket {}",
-            quote(&self.agent),
+            "{}; exec \"$f\" agent-part --socket {}",
+            self.select,
             quote(socket)
         );
         let (mut channel, _) = open_channel(&self.session).map_err(io::Error::other)?;
@@ -401,7 +419,7 @@ impl Link for SshLink {
         Ok(Box::new(SshLink {
             channel,
             session: self.session.clone(),
-            agent: self.agent.clone(),
+            select: self.select.clone(),
             round_trip: self.round_trip,
         }))
     }
@@ -445,9 +463,33 @@ mod tests {
     fn commands_quote_paths_once() {
         assert_eq!(quote("/srv/it's"), r"'/srv/it'\''s'");
         assert_eq!(
-            upload_command("/srv/app/.dropship/bin/d"),
+            upload_command("/srv/app/.dropship/bin/d", false),
             "umask 077 && mkdir -p '/srv/app/.dropship/bin' && t='/srv/app/.dropship/bin/d'.$$ && cat > \"$t\" && chmod 700 \"$t\" && mv -f \"$t\" '/srv/app/.dropship/bin/d'"
         );
-        assert!(agent_command("/a b/x").starts_with("f='/a b/x'; if [ -x \"$f\" ]"));
+        assert!(upload_command("/d", true).contains("&& gzip -dc > \"$t\" &&"));
+        assert!(
+            agent_command("f='/a b/x'")
+                .starts_with("f='/a b/x'; if [ -n \"$f\" ] && [ -x \"$f\" ]")
+        );
+    }
+
+    #[test]
+    fn the_bootstrap_report_names_the_cpu_and_gzip() {
+        let platform = |machine: &str, gzip| Platform {
+            machine: machine.into(),
+            gzip,
+        };
+        assert_eq!(
+            Platform::parse("motd\ndropship-bootstrap: aarch64 /usr/bin/gzip\n"),
+            platform("aarch64", true)
+        );
+        assert_eq!(
+            Platform::parse("dropship-bootstrap: x86_64 \n"),
+            platform("x86_64", false)
+        );
+        assert_eq!(
+            Platform::parse("sh: uname: not found\n"),
+            platform("", false)
+        );
     }
 }
