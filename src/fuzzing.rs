@@ -392,6 +392,8 @@ pub fn fixed_manifest() -> Manifest {
             0o755,
             b"#!/usr/bin/env node\n",
         ),
+        // A target past tar's 100-byte name field; links must resolve in the release.
+        dir(&format!("app/node_modules/next/dist/{}", "r".repeat(110))),
         link(
             "app/node_modules/react",
             &format!("next/dist/{}", "r".repeat(110)),
