@@ -29,6 +29,8 @@ mod systemd;
 mod nextjs;
 // Files an app rewrites in its release (Next.js 14 ISR) reach no other release.
 mod isr;
+// Next.js's image and fetch caches carried into the next release, copied.
+mod caches;
 // Several hosts in one deploy: all-at-once and rolling.
 mod hosts;
 // Two deploys to one host at once.
