@@ -81,6 +81,9 @@ pub fn keep(store: &Store, request: &DeployRequest, staging: &Path) -> Option<St
             notes.push(format!("not .next/{cache}: {err}"));
         }
     }
+    if tally.files == 0 && notes.is_empty() {
+        return None;
+    }
     let mut message = format!(
         "kept the Next.js caches of `{live}`: {} file{}, {:.1} MB copied in {:.1} s",
         tally.files,
