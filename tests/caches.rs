@@ -121,7 +121,9 @@ fn next14_an_optimized_image_is_a_miss_in_the_first_release_and_a_hit_in_the_nex
             .success()
     };
     deploy("a");
+    let started = Instant::now();
     let first = get(port, IMAGE);
+    let miss = started.elapsed();
     assert!(first.status.contains(" 200"), "{}", first.status);
     assert_eq!(first.header("content-type"), "image/webp");
     assert_eq!(first.header("x-nextjs-cache"), "MISS");
@@ -129,7 +131,13 @@ fn next14_an_optimized_image_is_a_miss_in_the_first_release_and_a_hit_in_the_nex
     let entry = settled_entry(&a_cache);
 
     let out = deploy("b");
+    let started = Instant::now();
     let again = get(port, IMAGE);
+    eprintln!(
+        "optimized image: MISS in a {} ms, HIT in b {} ms",
+        miss.as_millis(),
+        started.elapsed().as_millis()
+    );
     assert!(again.status.contains(" 200"), "{}", again.status);
     assert_eq!(again.header("content-type"), "image/webp");
     assert_eq!(again.header("x-nextjs-cache"), "HIT");
