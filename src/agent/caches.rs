@@ -66,11 +66,9 @@ pub fn keep(store: &Store, request: &DeployRequest, staging: &Path) -> Option<St
             continue;
         }
         if cache == "cache/images"
-            && let Some(path) = changed_public(store, &live, request)
+            && let Some(reason) = public_changed(store, &live, request)
         {
-            notes.push(format!(
-                "not .next/cache/images: `{path}` changed, and optimized images are cached by URL"
-            ));
+            notes.push(format!("not .next/cache/images: {reason}"));
             continue;
         }
         let result = plan(&source)
@@ -110,24 +108,36 @@ fn next_dir(manifest: &Manifest, server_dir: &str) -> Option<PathBuf> {
         .then(|| PathBuf::from(next))
 }
 
-/// The first file under the live release's `public/` that the new release
-/// does not ship with the same content.
-fn changed_public(store: &Store, live: &str, request: &DeployRequest) -> Option<String> {
+/// Why the live release's optimized images may not match the new release's
+/// `public/`: a file there changed or went away, or the live release's
+/// manifest cannot be read. `None` when they match.
+fn public_changed(store: &Store, live: &str, request: &DeployRequest) -> Option<String> {
     let bytes = fs::read(store.manifest_path(live)).ok();
     let Some(previous) = bytes.and_then(|b| serde_json::from_slice::<Manifest>(&b).ok()) else {
-        return Some(format!("{live}'s manifest (unreadable)"));
+        return Some(format!(
+            "the manifest of `{live}` cannot be read, so its public/ files cannot be compared"
+        ));
     };
     let old_public = public_of(&store.app_dir(live), &store.release_dir(live));
-    let new_public = match request.server_dir.as_str() {
-        "." | "" => "public".to_owned(),
-        dir => format!("{}/public", dir.trim_end_matches('/')),
-    };
-    let now = request.manifest.by_path();
-    previous.entries.iter().find_map(|old| {
-        let Kind::File { hash, .. } = &old.kind else {
+    let new_public = public_of(&PathBuf::from(&request.server_dir), Path::new("."));
+    changed_file(&previous, &old_public, &request.manifest, &new_public)
+        .map(|path| format!("`{path}` changed, and optimized images are cached by URL"))
+}
+
+/// The first file under `old_public` in `old` that `new` does not ship with
+/// the same content under `new_public`, as `public/<path>`.
+fn changed_file(
+    old: &Manifest,
+    old_public: &str,
+    new: &Manifest,
+    new_public: &str,
+) -> Option<String> {
+    let now = new.by_path();
+    old.entries.iter().find_map(|entry| {
+        let Kind::File { hash, .. } = &entry.kind else {
             return None;
         };
-        let rel = old.path.strip_prefix(&old_public)?.strip_prefix('/')?;
+        let rel = entry.path.strip_prefix(old_public)?.strip_prefix('/')?;
         let same = now
             .get(format!("{new_public}/{rel}").as_str())
             .is_some_and(|new| matches!(&new.kind, Kind::File { hash: h, .. } if h == hash));
@@ -137,9 +147,10 @@ fn changed_public(store: &Store, live: &str, request: &DeployRequest) -> Option<
 
 /// The path of `public` beside `app_dir`'s `server.js`, relative to `release_dir`.
 fn public_of(app_dir: &Path, release_dir: &Path) -> String {
-    match app_dir.strip_prefix(release_dir) {
-        Ok(dir) if !dir.as_os_str().is_empty() => format!("{}/public", dir.display()),
-        _ => "public".to_owned(),
+    let dir = app_dir.strip_prefix(release_dir).unwrap_or(app_dir);
+    match dir.to_str() {
+        Some("" | ".") | None => "public".to_owned(),
+        Some(dir) => format!("{}/public", dir.trim_end_matches('/')),
     }
 }
 
@@ -205,7 +216,7 @@ fn copy(
         let bytes = match copy_file(&from, &to) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-            Err(err) => return Err(err),
+            Err(err) => return Err(io::Error::other(format!("copy {}: {err}", from.display()))),
         };
         if Identity::of(&from) != Some(before) {
             fs::remove_file(&to)?;
@@ -237,4 +248,92 @@ fn is_real_dir(path: &Path) -> bool {
 /// Whether anything (a link included) is at `path`.
 fn exists(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Entry;
+
+    fn manifest(files: &[(&str, &str)]) -> Manifest {
+        Manifest {
+            entries: files
+                .iter()
+                .map(|(path, hash)| Entry {
+                    path: (*path).to_owned(),
+                    mode: 0o644,
+                    kind: Kind::File {
+                        size: 1,
+                        hash: (*hash).to_owned(),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_next_release_is_one_that_ships_its_build_id_beside_server_js() {
+        let top = manifest(&[(".next/BUILD_ID", "1")]);
+        let monorepo = manifest(&[("apps/web/.next/BUILD_ID", "1")]);
+        assert_eq!(next_dir(&top, "."), Some(PathBuf::from(".next")));
+        assert_eq!(
+            next_dir(&monorepo, "apps/web"),
+            Some(PathBuf::from("apps/web/.next"))
+        );
+        assert_eq!(next_dir(&monorepo, "."), None);
+        assert_eq!(next_dir(&manifest(&[("server.js", "1")]), "."), None);
+    }
+
+    #[test]
+    fn public_is_beside_server_js() {
+        assert_eq!(
+            public_of(Path::new("/srv/releases/a"), Path::new("/srv/releases/a")),
+            "public"
+        );
+        assert_eq!(
+            public_of(
+                Path::new("/srv/releases/a/apps/web"),
+                Path::new("/srv/releases/a")
+            ),
+            "apps/web/public"
+        );
+        assert_eq!(public_of(Path::new("."), Path::new(".")), "public");
+        assert_eq!(
+            public_of(Path::new("apps/web"), Path::new(".")),
+            "apps/web/public"
+        );
+    }
+
+    #[test]
+    fn a_public_file_changed_or_gone_is_named_and_new_ones_do_not_count() {
+        let old = manifest(&[
+            ("public/a.png", "1"),
+            ("public/b.png", "2"),
+            ("server.js", "3"),
+        ]);
+        let same = manifest(&[
+            ("public/a.png", "1"),
+            ("public/b.png", "2"),
+            ("public/new.png", "4"),
+        ]);
+        let changed = manifest(&[("public/a.png", "1"), ("public/b.png", "9")]);
+        let gone = manifest(&[("public/b.png", "2")]);
+        let moved = manifest(&[
+            ("apps/web/public/a.png", "1"),
+            ("apps/web/public/b.png", "2"),
+        ]);
+        assert_eq!(changed_file(&old, "public", &same, "public"), None);
+        assert_eq!(
+            changed_file(&old, "public", &changed, "public").as_deref(),
+            Some("public/b.png")
+        );
+        assert_eq!(
+            changed_file(&old, "public", &gone, "public").as_deref(),
+            Some("public/a.png")
+        );
+        assert_eq!(
+            changed_file(&old, "public", &moved, "apps/web/public"),
+            None
+        );
+    }
 }
