@@ -31,6 +31,8 @@ mod nextjs;
 mod isr;
 // Skew protection: earlier releases' `.next/static` kept in the live one.
 mod skew;
+// Next.js's image and fetch caches carried into the next release, copied.
+mod caches;
 // Several hosts in one deploy: all-at-once and rolling.
 mod hosts;
 // Two deploys to one host at once.

@@ -6,6 +6,7 @@
 
 mod activate;
 mod assets;
+mod caches;
 mod doctor;
 mod health;
 mod idle;
@@ -232,20 +233,21 @@ impl<W: Write> Session<W> {
         let staging = store.staging_dir(&request.release);
         let result = self
             .stage(&store, request, (&staging, parts.as_ref()), &reuse)
-            .and_then(|()| self.activate(&store, &activator, request, &staging));
+            .and_then(|kept| self.activate(&store, &activator, request, &staging, kept));
         let _ = store::remove_tree(&staging);
         result
     }
 
-    /// Receives, verifies and syncs the release in `staging`. It moves to
-    /// `releases/` only on `activate`, so a deploy that dies before leaves no release.
+    /// Receives, verifies and syncs the release in `staging`, with the caches
+    /// kept from the live release (what was kept is told at activation). It moves
+    /// to `releases/` only on `activate`, so a deploy that dies before leaves no release.
     fn stage(
         &mut self,
         store: &Store,
         request: &DeployRequest,
         (staging, listener): (&Path, Option<&PartListener>),
         reuse: &std::collections::HashMap<usize, receive::Source>,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let parts = match self.read::<Command>()? {
             Some(Command::Stream { parts }) if (1..=protocol::MAX_PARTS).contains(&parts) => parts,
             Some(other) => {
@@ -284,6 +286,7 @@ impl<W: Write> Session<W> {
         if let Some(message) = assets::carry(store, staging, request)? {
             self.emit(&Event::Progress { message })?;
         }
+        let kept = caches::keep(store, request, staging);
         // Modes last: a read-only directory of the build must not keep out a shared link.
         receive::set_dir_modes(&request.manifest.with_shared(&request.shared), staging)?;
         store::sync_filesystem(staging)?;
@@ -292,7 +295,8 @@ impl<W: Write> Session<W> {
             reused: received.reused,
             bytes: received.bytes,
             path: staging.display().to_string(),
-        })
+        })?;
+        Ok(kept)
     }
 
     /// Activates on `activate`, keeps on `commit`; anything else (revert, end of
@@ -303,6 +307,7 @@ impl<W: Write> Session<W> {
         activator: &Activator<'_>,
         request: &DeployRequest,
         staging: &Path,
+        kept: Option<String>,
     ) -> Result<()> {
         let previous = store.live();
         if self.read::<Command>().ok().flatten() != Some(Command::Activate) {
@@ -320,6 +325,9 @@ impl<W: Write> Session<W> {
             &request.manifest.with_shared(&request.shared),
             &request.server_dir,
         )?;
+        if let Some(message) = kept {
+            self.progress()(message);
+        }
         // The new runtime env goes in just before the new release starts, and back out if it fails.
         let activated = match &request.env {
             Some(text) => store.replace_env(&request.release, text).map(|()| {
