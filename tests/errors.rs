@@ -846,7 +846,7 @@ fn a_monorepo_whose_root_wants_a_newer_node() {
         2,
         &vary_refs(&vary),
         concat!(
-            "package: Next.js standalone build (.next/standalone, .next/static → apps/web/.next/static, public → apps/web/public) — 23 files, 0.2 MB, server.js in `apps/web`\n",
+            "package: Next.js standalone build (.next/standalone, .next/static → apps/web/.next/static, public → apps/web/public) — 24 files, 0.2 MB, server.js in `apps/web`\n",
             "error: the release cannot run on local (linux x86_64, [GLIBC], Node [NODE]):\n",
             "  - `package.json` wants Node `^14.17 || ^16` (`engines.node`); the server runs [NODE]\n",
             "  hint: install a Node that satisfies `^14.17 || ^16` for the deploy user on the server (the first `node` on its PATH, e.g. with nvm), or change `engines.node`\n",
