@@ -157,6 +157,7 @@ impl Connected {
             // server with `MaxSessions 1` refused the channel while the
             // bootstrap's was open): wait for the bootstrap, then once more.
             Ok(Started::Missing(mut link, _)) => {
+                tracing::debug!("{label}: the agent started before its install ended; waiting");
                 link.close_input();
                 early = Some(link);
                 installed(&mut bootstrap, &label)?;
