@@ -210,6 +210,12 @@ impl AgentConn {
         self.sent.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Closes `link` at the end with the stream's parts (a channel that did its
+    /// work, whose exit need not be waited for now: that costs a round trip).
+    pub fn reap_later(&mut self, link: Box<dyn Link>) {
+        self.parts.push(link);
+    }
+
     /// The host this agent runs on.
     pub fn host(&self) -> &str {
         &self.host

@@ -31,15 +31,29 @@ pub fn quote(text: &str) -> String {
 }
 
 /// Runs the agent for this server's CPU if it is there (`select` sets `f`, see
-/// [`select_script`](super::agents::Agents::select_script)); otherwise prints the CPU and whether `gzip` is
-/// there on stderr and exits 97. (The agent's name holds its hash, and the agent
-/// checks itself against it before changing anything.)
+/// [`select_script`](super::agents::Agents::select_script)). Otherwise prints
+/// the CPU and whether `gzip` is there on stdout, and installs the agent from
+/// this same channel's stdin (no second channel, no round trips to open one):
+/// it skips the request sent before the client knew (`zstd <length>` line and
+/// frame), reads a `gzip|raw <size>` line, unpacks the rest to a temporary
+/// file, checks its size and renames it into place. Exits 97 when nothing
+/// comes (a dry run, or no agent for this CPU), 98 when the install failed.
+/// (The agent's name holds its hash, and the agent checks itself against it
+/// before changing anything: a damaged copy never runs.)
 pub fn agent_command(select: &str) -> String {
     format!(
         "{select}; if [ -n \"$f\" ] && [ -x \"$f\" ]; then exec \"$f\" agent; fi; \
-         echo \"{BOOTSTRAP} $(uname -m) $(command -v gzip)\" >&2; exit {AGENT_MISSING}"
+         echo \"{BOOTSTRAP} $(uname -m) $(command -v gzip)\"; \
+         [ -n \"$f\" ] && read -r z n || exit {AGENT_MISSING}; \
+         tail -c +$((n + 1)) | {{ read -r how size || exit {AGENT_MISSING}; \
+         umask 077 && mkdir -p \"${{f%/*}}\" && t=\"$f.$$\" && case \"$how\" in gzip) gzip -dc;; *) cat;; esac > \"$t\" && \
+         [ \"$(($(wc -c < \"$t\")))\" = \"$size\" ] && chmod 700 \"$t\" && mv -f \"$t\" \"$f\" || \
+         {{ rm -f \"$t\"; exit {INSTALL_FAILED}; }}; }}"
     )
 }
+
+/// Exit status of the bootstrap when the agent it received could not be installed.
+const INSTALL_FAILED: i32 = 98;
 
 /// How the bootstrap's report line on stderr starts.
 const BOOTSTRAP: &str = "dropship-bootstrap:";
@@ -54,7 +68,7 @@ struct Platform {
 }
 
 impl Platform {
-    /// Reads the bootstrap's line from its `stderr`.
+    /// Reads the bootstrap's report line.
     fn parse(stderr: &str) -> Platform {
         let mut words = stderr
             .lines()
@@ -66,18 +80,6 @@ impl Platform {
             gzip: words.next().is_some(),
         }
     }
-}
-
-/// Writes stdin to `path` (mode 0700) through a temporary file and a rename,
-/// unpacking it with `gzip -dc` when `gzipped`.
-pub fn upload_command(path: &str, gzipped: bool) -> String {
-    let dir = path.rsplit_once('/').map_or(".", |(dir, _)| dir);
-    format!(
-        "umask 077 && mkdir -p {dir} && t={path}.$$ && {unpack} > \"$t\" && chmod 700 \"$t\" && mv -f \"$t\" {path}",
-        dir = quote(dir),
-        path = quote(path),
-        unpack = if gzipped { "gzip -dc" } else { "cat" },
-    )
 }
 
 /// A logged-in SSH session to one host.
@@ -119,8 +121,10 @@ pub fn connect(
 }
 
 impl Connected {
-    /// Starts the agent with `request`, uploading the one for the server's CPU
-    /// first when it is missing (unless `dry_run`).
+    /// Starts the agent with `request`. When it is missing, the bootstrap's
+    /// channel carries the one for the server's CPU (unless `dry_run`), and the
+    /// agent starts on a new channel at once, without waiting for the
+    /// bootstrap to exit.
     pub fn start(
         self,
         agent: &AgentBinary,
@@ -131,53 +135,122 @@ impl Connected {
         let Connected { label, session } = self;
         let agents = agent.get()?;
         let select = agents.select_script(remote_path);
-        let report = match start(&session, &label, &select, request) {
-            Err(Error::AgentMissing { report, .. }) => report,
-            other => return other.map(Opened::Ready),
+        let (mut bootstrap, platform) = match start(&session, &label, &select, request)? {
+            Started::Ready(conn) => return Ok(Opened::Ready(conn)),
+            Started::Missing(link, platform) => (link, platform),
         };
-        let platform = Platform::parse(&report);
-        let agent = agents
-            .for_machine(&platform.machine)
-            .ok_or_else(|| agents.missing(&label, &platform.machine))?;
+        let Some(agent) = agents.for_machine(&platform.machine) else {
+            bootstrap.close_input();
+            return Err(agents.missing(&label, &platform.machine));
+        };
         if dry_run {
+            bootstrap.close_input();
             return Ok(Opened::AgentMissing {
                 upload_bytes: agent.bytes.len() as u64,
             });
         }
-        let sent = install(&session, &label, agent, remote_path, platform.gzip)?;
-        let started = start(&session, &label, &select, request).map(|mut conn| {
-            conn.count_upload(sent);
-            conn
-        });
-        match started {
-            Err(Error::AgentMissing { host, .. }) => Err(Error::AgentNotRunnable { host }),
-            other => other.map(Opened::Ready),
+        let sent = install(&mut bootstrap, &label, agent, remote_path, platform.gzip)?;
+        let mut early = None;
+        let mut conn = match start(&session, &label, &select, request) {
+            Ok(Started::Ready(conn)) => conn,
+            // Started before the bootstrap renamed the agent into place (or a
+            // server with `MaxSessions 1` refused the channel while the
+            // bootstrap's was open): wait for the bootstrap, then once more.
+            Ok(Started::Missing(mut link, _)) => {
+                tracing::debug!("{label}: the agent started before its install ended; waiting");
+                link.close_input();
+                early = Some(link);
+                installed(&mut bootstrap, &label)?;
+                restart(&session, &label, &select, request)?
+            }
+            Err(Error::Ssh {
+                step: "opening a channel",
+                ..
+            }) => {
+                installed(&mut bootstrap, &label)?;
+                restart(&session, &label, &select, request)?
+            }
+            Err(other) => return Err(other),
+        };
+        conn.count_upload(sent);
+        conn.reap_later(Box::new(bootstrap));
+        if let Some(link) = early {
+            conn.reap_later(Box::new(link));
+        }
+        Ok(Opened::Ready(conn))
+    }
+}
+
+/// Starts the agent once the bootstrap has installed it.
+fn restart(session: &Session, label: &str, select: &str, request: &[u8]) -> Result<AgentConn> {
+    match start(session, label, select, request)? {
+        Started::Ready(conn) => Ok(conn),
+        Started::Missing(mut link, _) => {
+            link.close_input();
+            Err(Error::AgentNotRunnable { host: label.into() })
         }
     }
 }
 
-/// Uploads `agent` (gzipped when the server can unpack it); returns the bytes sent.
+/// Sends `agent` to the bootstrap waiting on `link` (gzipped when the server
+/// can unpack it), then closes the channel's input; returns the bytes sent.
 fn install(
-    session: &Session,
+    link: &mut SshLink,
     label: &str,
     agent: &Agent,
     remote_path: &str,
     gzip: bool,
 ) -> Result<u64> {
-    let bin = agent.remote_path(remote_path);
     tracing::info!(
-        "{label}: installing the agent ({} KB{}) at {bin}",
+        "{label}: installing the agent ({} KB{}) at {}",
         agent.bytes.len() / 1024,
-        if gzip { ", gzipped" } else { "" }
+        if gzip { ", gzipped" } else { "" },
+        agent.remote_path(remote_path)
     );
-    upload(session, label, &upload_command(&bin, gzip), |link| {
+    let header = format!(
+        "{} {}\n",
+        if gzip { "gzip" } else { "raw" },
+        agent.bytes.len()
+    );
+    let written = link.write_all(header.as_bytes()).and_then(|()| {
         if gzip {
             agent.write_gzipped(link)
         } else {
             link.write_all(&agent.bytes)
                 .map(|()| agent.bytes.len() as u64)
         }
-    })
+    });
+    link.close_input();
+    match written {
+        Ok(sent) => Ok(header.len() as u64 + sent),
+        Err(err) => {
+            let (_, stderr) = link.finish();
+            Err(install_failed(label, &err.to_string(), stderr))
+        }
+    }
+}
+
+/// Waits for the bootstrap on `link` to exit and closes its channel (a server
+/// with `MaxSessions 1` then takes the next); fails unless it installed the agent.
+fn installed(link: &mut SshLink, label: &str) -> Result<()> {
+    let finished = link.finish();
+    let _ = link.channel.close();
+    match finished {
+        (Some(0), _) => Ok(()),
+        (status, stderr) => Err(install_failed(
+            label,
+            &format!("exit status {status:?}"),
+            stderr,
+        )),
+    }
+}
+
+fn install_failed(label: &str, why: &str, stderr: String) -> Error {
+    Error::AgentDied {
+        host: label.into(),
+        status: format!("installing the agent failed ({why})"),
+        stderr,
+    }
 }
 
 /// Connects and negotiates encryption, offering the host key algorithms
@@ -275,17 +348,6 @@ fn authenticate(
     }
 }
 
-fn exec(session: &Session, label: &str, command: &str) -> Result<Channel> {
-    let ssh_error = |err: ssh2::Error| Error::Ssh {
-        host: label.into(),
-        step: "opening a channel",
-        message: err.to_string(),
-    };
-    let (mut channel, _) = open_channel(session).map_err(ssh_error)?;
-    channel.exec(command).map_err(ssh_error)?;
-    Ok(channel)
-}
-
 /// Opens a session channel; also returns how long the open that worked took
 /// (one round trip: what decides whether more channels pay). A refusal is
 /// retried for a moment: sshd frees a closed channel's session slot a little
@@ -308,7 +370,17 @@ fn open_channel(session: &Session) -> std::result::Result<(Channel, Duration), s
     }
 }
 
-fn start(session: &Session, label: &str, select: &str, request: &[u8]) -> Result<AgentConn> {
+/// What the bootstrap command did.
+enum Started {
+    /// The agent runs and said hello.
+    Ready(AgentConn),
+    /// The agent is missing: the bootstrap waits on this channel for it.
+    Missing(SshLink, Platform),
+}
+
+/// Runs the bootstrap command on a new channel and sends `request` at once;
+/// its first line says whether the agent runs.
+fn start(session: &Session, label: &str, select: &str, request: &[u8]) -> Result<Started> {
     let (mut channel, round_trip) = open_channel(session).map_err(|err| Error::Ssh {
         host: label.into(),
         step: "opening a channel",
@@ -321,43 +393,25 @@ fn start(session: &Session, label: &str, select: &str, request: &[u8]) -> Result
             step: "starting the agent",
             message: err.to_string(),
         })?;
-    let link = SshLink {
+    let mut link = SshLink {
         channel,
         session: session.clone(),
         select: select.to_owned(),
         round_trip,
+        pending: Vec::new(),
     };
-    AgentConn::start(label, Box::new(link), request)
-}
-
-/// Runs `command` with what `send` writes on its stdin; returns the bytes sent.
-fn upload(
-    session: &Session,
-    label: &str,
-    command: &str,
-    send: impl FnOnce(&mut SshLink) -> io::Result<u64>,
-) -> Result<u64> {
-    let mut link = SshLink {
-        channel: exec(session, label, command)?,
-        session: session.clone(),
-        select: String::new(),
-        round_trip: Duration::ZERO,
-    };
-    let written = send(&mut link);
-    let (status, stderr) = link.finish();
-    match (written, status) {
-        (Ok(sent), Some(0)) => Ok(sent),
-        (result, status) => Err(Error::AgentDied {
-            host: label.into(),
-            status: format!(
-                "installing the agent failed ({})",
-                result
-                    .err()
-                    .map_or_else(|| format!("exit status {status:?}"), |e| e.to_string())
-            ),
-            stderr,
-        }),
+    // A failed write or read usually means the agent could not start: its
+    // exit says why, which the connection reports.
+    let _ = link.write_all(request);
+    let _ = link.read_first_line();
+    if link.pending.starts_with(BOOTSTRAP.as_bytes()) {
+        let platform = Platform::parse(&String::from_utf8_lossy(&link.pending));
+        link.pending.clear();
+        return Ok(Started::Missing(link, platform));
     }
+    let mut conn = AgentConn::start(label, Box::new(link), &[])?;
+    conn.count_upload(request.len() as u64);
+    Ok(Started::Ready(conn))
 }
 
 /// An exec channel running the agent (or a part of its stream).
@@ -367,6 +421,28 @@ struct SshLink {
     /// The shell snippet that finds the agent on the server ([`select_script`](super::agents::Agents::select_script)).
     select: String,
     round_trip: Duration,
+    /// Bytes read ahead of the reader (the first line), returned first.
+    pending: Vec<u8>,
+}
+
+impl SshLink {
+    /// Reads until the first line is in `pending`, or enough of it to tell
+    /// that it is not the bootstrap's (the agent's hello can be long).
+    fn read_first_line(&mut self) -> io::Result<()> {
+        let mut buf = [0u8; 8192];
+        while !self.pending.contains(&b'\n')
+            && (self.pending.len() < BOOTSTRAP.len()
+                || self.pending.starts_with(BOOTSTRAP.as_bytes()))
+            && self.pending.len() < 4096
+        {
+            let n = patiently(|| self.channel.read(&mut buf))?;
+            if n == 0 {
+                break;
+            }
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    }
 }
 
 /// Runs a blocking libssh2 call until it stops timing out or [`CALL_TIMEOUT`]
@@ -386,7 +462,13 @@ fn patiently<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
 
 impl Read for SshLink {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        patiently(|| self.channel.read(buf))
+        if self.pending.is_empty() {
+            return patiently(|| self.channel.read(buf));
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
     }
 }
 
@@ -421,6 +503,7 @@ impl Link for SshLink {
             session: self.session.clone(),
             select: self.select.clone(),
             round_trip: self.round_trip,
+            pending: Vec::new(),
         }))
     }
 
@@ -462,11 +545,6 @@ mod tests {
     #[test]
     fn commands_quote_paths_once() {
         assert_eq!(quote("/srv/it's"), r"'/srv/it'\''s'");
-        assert_eq!(
-            upload_command("/srv/app/.dropship/bin/d", false),
-            "umask 077 && mkdir -p '/srv/app/.dropship/bin' && t='/srv/app/.dropship/bin/d'.$$ && cat > \"$t\" && chmod 700 \"$t\" && mv -f \"$t\" '/srv/app/.dropship/bin/d'"
-        );
-        assert!(upload_command("/d", true).contains("&& gzip -dc > \"$t\" &&"));
         assert!(
             agent_command("f='/a b/x'")
                 .starts_with("f='/a b/x'; if [ -n \"$f\" ] && [ -x \"$f\" ]")
@@ -491,5 +569,119 @@ mod tests {
             Platform::parse("sh: uname: not found\n"),
             platform("", false)
         );
+    }
+
+    /// Runs the bootstrap in `sh` for an agent at `dir/bin/agent` with `stdin`
+    /// (the request first, as the client sends it); returns its exit status and stdout.
+    fn bootstrap(dir: &std::path::Path, stdin: &[u8]) -> (Option<i32>, String) {
+        use std::process::{Command, Stdio};
+        let agent = dir.join("bin/agent");
+        let select = format!("f={}", quote(&agent.display().to_string()));
+        let mut child = Command::new("sh")
+            .args(["-c", &agent_command(&select)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let mut request = b"zstd 5\nabcde".to_vec();
+        request.extend_from_slice(stdin);
+        // The bootstrap may exit before reading everything (nothing to install).
+        let _ = input.write_all(&request);
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    fn installed(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(dir.join("bin")).map_or_else(
+            |_| Vec::new(),
+            |entries| {
+                entries
+                    .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            },
+        )
+    }
+
+    #[test]
+    fn the_bootstrap_installs_the_agent_from_its_own_stdin() {
+        let agent: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let mut gzipped = Vec::new();
+        let mut encoder =
+            flate2::write::GzEncoder::new(&mut gzipped, flate2::Compression::default());
+        encoder.write_all(&agent).unwrap();
+        encoder.finish().unwrap();
+        let sent = |how: &str, body: &[u8]| {
+            let mut bytes = format!("{how} {}\n", agent.len()).into_bytes();
+            bytes.extend_from_slice(body);
+            bytes
+        };
+        for (how, body) in [("raw", &agent), ("gzip", &gzipped)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (status, stdout) = bootstrap(dir.path(), &sent(how, body));
+            assert_eq!(status, Some(0), "{how}");
+            assert!(stdout.starts_with("dropship-bootstrap: "), "{stdout}");
+            assert_eq!(std::fs::read(dir.path().join("bin/agent")).unwrap(), agent);
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("bin/agent"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{how}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_missing_upload_is_never_installed() {
+        let agent = vec![7u8; 100_000];
+        let mut gzipped = Vec::new();
+        let mut encoder =
+            flate2::write::GzEncoder::new(&mut gzipped, flate2::Compression::default());
+        encoder.write_all(&agent).unwrap();
+        encoder.finish().unwrap();
+        let mut flipped = gzipped.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0xff;
+        let header = |how: &str| format!("{how} {}\n", agent.len()).into_bytes();
+        let cases: [(&str, Vec<u8>, i32); 5] = [
+            ("nothing sent (a dry run)", Vec::new(), AGENT_MISSING),
+            (
+                "raw, cut short",
+                [header("raw"), agent[..60_000].to_vec()].concat(),
+                INSTALL_FAILED,
+            ),
+            (
+                "gzip, cut short",
+                [header("gzip"), gzipped[..gzipped.len() - 8].to_vec()].concat(),
+                INSTALL_FAILED,
+            ),
+            (
+                "gzip, a byte flipped",
+                [header("gzip"), flipped].concat(),
+                INSTALL_FAILED,
+            ),
+            (
+                "raw, too long",
+                [header("raw"), agent.clone(), b"x".to_vec()].concat(),
+                INSTALL_FAILED,
+            ),
+        ];
+        for (case, stdin, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let (status, stdout) = bootstrap(dir.path(), &stdin);
+            assert_eq!(status, Some(expected), "{case}");
+            assert!(
+                stdout.starts_with("dropship-bootstrap: "),
+                "{case}: {stdout}"
+            );
+            assert_eq!(installed(dir.path()), Vec::<String>::new(), "{case}");
+        }
     }
 }
