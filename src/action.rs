@@ -57,6 +57,13 @@ const INPUTS: &[(&str, &str, Kind)] = &[
     ("lock-timeout", "lock-timeout", Kind::Value),
     ("max-parallel", "max-parallel", Kind::Value),
     ("dry-run", "dry-run", Kind::Switch),
+    // EC2 fleets.
+    ("ec2-hosts", "ec2-hosts", Kind::List),
+    ("ec2-address", "ec2-address", Kind::Value),
+    ("ssh-ingress", "ssh-ingress", Kind::Value),
+    ("aws-region", "aws-region", Kind::Value),
+    ("target-group", "target-group", Kind::List),
+    ("drain-timeout", "drain-timeout", Kind::Value),
     // Source.
     ("working-directory", "working-directory", Kind::Value),
     ("build", "build", Kind::Text),

@@ -59,7 +59,12 @@ pub enum ServerCommand {
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Targets, separated by commas or new lines, each `[user@]host[:port]`; `local` deploys onto this machine.
-    #[arg(long, env = "DROPSHIP_HOST")]
+    #[arg(
+        long,
+        env = "DROPSHIP_HOST",
+        required_unless_present = "ec2_hosts",
+        default_value = ""
+    )]
     pub host: String,
     /// SSH port when a host gives none.
     #[arg(long, default_value_t = 22)]
@@ -100,6 +105,37 @@ pub struct ServerArgs {
     /// Print the outputs as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// EC2 instances as hosts, and SSH for this runner only.
+    #[command(flatten)]
+    pub ec2: Ec2Args,
+}
+
+/// Hosts found in EC2, and the security group opened for the deploy.
+#[derive(Debug, Args)]
+pub struct Ec2Args {
+    /// EC2 filters, one per flag or line (`tag:Role=web`, `tag:aws:autoscaling:groupName=web`, `instance-id=i-…`): every running instance matching all of them is a host.
+    #[arg(long)]
+    pub ec2_hosts: Vec<String>,
+    /// How found instances are reached: `public-ip` (default), `private-ip`, `public-dns` or `private-dns`.
+    #[arg(long)]
+    pub ec2_address: Option<String>,
+    /// Security group id: a rule letting this runner's public IP reach the SSH port is added for the deploy and removed after it.
+    #[arg(long)]
+    pub ssh_ingress: Option<String>,
+    /// Region of the AWS calls (default: `AWS_REGION`, or the profile's).
+    #[arg(long)]
+    pub aws_region: Option<String>,
+}
+
+/// Load-balancer target groups drained and health-gated batch by batch.
+#[derive(Debug, Args)]
+pub struct TargetGroupArgs {
+    /// Target group ARNs, one per flag or line: each batch must be `healthy` there before the next; with `restart` a host is deregistered and drained before its switch.
+    #[arg(long)]
+    pub target_group: Vec<String>,
+    /// Seconds to wait for a deregistered target to drain.
+    #[arg(long, default_value_t = 300)]
+    pub drain_timeout: u64,
 }
 
 /// What to ship.
@@ -149,6 +185,9 @@ pub struct DeployArgs {
     /// Hosts per batch with `rolling`.
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
+    /// Load balancer.
+    #[command(flatten)]
+    pub targets: TargetGroupArgs,
     /// How the release runs.
     #[command(flatten)]
     pub run: RunArgs,
@@ -275,6 +314,9 @@ pub struct DoctorArgs {
     /// Connection.
     #[command(flatten)]
     pub server: ServerArgs,
+    /// Load balancer (its permissions are checked).
+    #[command(flatten)]
+    pub targets: TargetGroupArgs,
     /// How the release runs.
     #[command(flatten)]
     pub run: RunArgs,

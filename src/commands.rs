@@ -69,6 +69,9 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
         protocol::check_release_id(to)
             .map_err(|p| Error::input("to", p, "pick one from `dropship releases`"))?;
     }
+    if let Some(fleet) = &server.fleet {
+        fleet.open_ingress(&server.hosts, "rollback")?;
+    }
     let agent = AgentBinary::default();
     let request = transport::encode_request(&Request::Rollback(RollbackRequest {
         target: server.target(),
@@ -111,6 +114,9 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
 /// `releases`: list the releases on every host.
 pub fn releases(args: ServerArgs) -> Result<()> {
     let server = Server::from_args(args)?;
+    if let Some(fleet) = &server.fleet {
+        fleet.open_ingress(&server.hosts, "releases")?;
+    }
     let agent = AgentBinary::default();
     let mut all = serde_json::Map::new();
     let request = transport::encode_request(&Request::Releases(server.target()));
@@ -215,12 +221,31 @@ pub fn package(args: &PackageArgs) -> Result<()> {
     Ok(())
 }
 
+/// Prints one check of `doctor`; 1 when it has a fix to make.
+fn print_check(name: &str, ok: bool, detail: &str, fix: Option<&str>) -> usize {
+    println!("  {} {name}: {detail}", if ok { "✓" } else { "✗" });
+    match fix {
+        Some(fix) => {
+            println!("    fix: {fix}");
+            1
+        }
+        None => 0,
+    }
+}
+
 /// `doctor`: check every host and print what to fix. Fails (exit 1) when something needs fixing.
 pub fn doctor(args: DoctorArgs) -> Result<()> {
-    let server = Server::from_args(args.server)?;
+    let server = Server::with_targets(args.server, Some(&args.targets))?;
     let run = inputs::run_spec(&args.run, &server.remote_path)?;
     let agent = AgentBinary::default();
     let mut problems = 0;
+    if let Some(fleet) = &server.fleet {
+        println!("AWS:");
+        for check in fleet.doctor() {
+            problems += print_check(&check.name, check.ok, &check.detail, check.fix.as_deref());
+        }
+        fleet.open_ingress(&server.hosts, "doctor")?;
+    }
     let request = transport::encode_request(&Request::Doctor(DoctorRequest {
         target: server.target(),
         run,
@@ -252,16 +277,7 @@ pub fn doctor(args: DoctorArgs) -> Result<()> {
         expect_done(&mut conn)?;
         finish(conn)?;
         for check in checks {
-            println!(
-                "  {} {}: {}",
-                if check.ok { "✓" } else { "✗" },
-                check.name,
-                check.detail
-            );
-            if let Some(fix) = check.fix {
-                println!("    fix: {fix}");
-                problems += 1;
-            }
+            problems += print_check(&check.name, check.ok, &check.detail, check.fix.as_deref());
         }
     }
     if problems == 0 {

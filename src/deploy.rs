@@ -7,10 +7,11 @@ use std::thread::ScopedJoinHandle;
 use std::time::Instant;
 
 use crate::error::{Error, ExitStatus, Result};
+use crate::fleet::{Member, TargetGroups};
 use crate::github;
 use crate::inputs::{Deploy, Server};
 use crate::package::{self, Release};
-use crate::protocol::{Command, DeployRequest, Event, Platform, Request};
+use crate::protocol::{Command, DeployRequest, Event, Platform, Request, Strategy};
 use crate::report::{HostReport, Outputs, mb};
 use crate::transport::{self, AgentBinary, AgentConn, Connection, Host, Opened};
 
@@ -39,6 +40,22 @@ fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
         outputs.build_secs = started.elapsed().as_secs_f64();
     }
     let server = &inputs.server;
+    let targets = match &server.fleet {
+        Some(fleet) => {
+            fleet.open_ingress(&server.hosts, &format!("deploy {}", inputs.release))?;
+            fleet.target_groups(&server.hosts)?
+        }
+        None => None,
+    };
+    if targets.is_some()
+        && inputs.run.strategy == Strategy::Restart
+        && inputs.batch_size >= server.hosts.len()
+        && server.hosts.len() > 1
+    {
+        tracing::warn!(
+            "target-group with `strategy: restart` and `rollout: all-at-once`: every instance leaves the load balancer at once; `rollout: rolling` keeps the others serving"
+        );
+    }
     let agent = AgentBinary::default();
     // The first hosts log in while the release is packaged.
     let first = server
@@ -55,7 +72,12 @@ fn run(inputs: &Deploy, outputs: &mut Outputs) -> Result<()> {
             })
             .collect();
         let release = package_release(inputs, outputs)?;
-        ship(inputs, outputs, &agent, &release, early)
+        let shipping = Shipping {
+            agent: &agent,
+            release: &release,
+            targets: targets.as_ref(),
+        };
+        ship(inputs, outputs, &shipping, early)
     })
 }
 
@@ -89,14 +111,26 @@ fn package_release(inputs: &Deploy, outputs: &mut Outputs) -> Result<Release> {
     Ok(release)
 }
 
+/// What `ship` takes to every host.
+struct Shipping<'a> {
+    agent: &'a AgentBinary,
+    release: &'a Release,
+    /// The load balancer's groups, with `target-group`.
+    targets: Option<&'a TargetGroups>,
+}
+
 /// Stages the release on every host, batch by batch, and switches them.
 fn ship(
     inputs: &Deploy,
     outputs: &mut Outputs,
-    agent: &AgentBinary,
-    release: &Release,
+    shipping: &Shipping<'_>,
     mut early: Vec<Early<'_>>,
 ) -> Result<()> {
+    let &Shipping {
+        agent,
+        release,
+        targets,
+    } = shipping;
     let server = &inputs.server;
     let request = transport::encode_request(&Request::Deploy(DeployRequest {
         target: server.target(),
@@ -143,6 +177,22 @@ fn ship(
         if server.dry_run {
             continue;
         }
+        let members: Vec<Member<'_>> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, host)| Some((number * batch_size + i, host, host.instance()?)))
+            .collect();
+        let restart = inputs.run.strategy == Strategy::Restart;
+        if let (Some(groups), true) = (targets, restart) {
+            let _group = github::Group::new("drain");
+            match groups.drain(&members) {
+                Ok(steps) => note_steps(outputs, steps),
+                Err(err) => {
+                    abort(staged.into_iter().map(|(_, conn)| conn).collect());
+                    return Err(put_back(activated, outputs, err));
+                }
+            }
+        }
         let _group = github::Group::new("switch");
         let results = parallel(staged, inputs.max_parallel, |(index, mut conn)| {
             let mut steps = Vec::new();
@@ -166,13 +216,37 @@ fn ship(
                 Err(err) => failure = failure.or(Some((index, died_switching(err), conn))),
             }
         }
+        let rejoined = match targets {
+            Some(groups) if restart => groups.register_again(&members),
+            _ => Ok(()),
+        };
         if let Some((index, err, conn)) = failure {
             outputs.per_host[index].result = "failed".into();
             abort(vec![conn]);
             return Err(put_back(activated, outputs, err));
         }
+        if let Some(groups) = targets {
+            let gated = rejoined.map_err(|err| (members.first().map_or(0, |m| m.0), err));
+            let timeout = std::time::Duration::from_secs(inputs.run.health_timeout_secs);
+            match gated.and_then(|()| groups.wait_healthy(&members, timeout)) {
+                Ok(steps) => note_steps(outputs, steps),
+                Err((index, err)) => {
+                    outputs.per_host[index].result = "failed".into();
+                    return Err(put_back(activated, outputs, err));
+                }
+            }
+        }
     }
     commit_all(activated, outputs, pipeline)
+}
+
+/// Logs each host's load-balancer step and keeps it for the job summary.
+fn note_steps(outputs: &mut Outputs, steps: Vec<(usize, String)>) {
+    for (index, step) in steps {
+        let report = &mut outputs.per_host[index];
+        tracing::info!("{}: {step}", report.host);
+        report.steps.push(step);
+    }
 }
 
 /// What every host of a deploy is sent, and how.

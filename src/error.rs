@@ -159,9 +159,113 @@ pub enum Error {
     /// touched" no longer holds).
     #[error(transparent)]
     PutBack(Box<Error>),
+    /// An AWS API call failed.
+    #[error("AWS {} failed in {region}: {}", call.permission(), aws_reason(code, message))]
+    Aws {
+        call: AwsCall,
+        region: String,
+        code: String,
+        message: String,
+    },
+    /// `ec2-hosts` matched no running instance.
+    #[error("no running EC2 instance in {region} matches all of: {}", filters.join(", "))]
+    NoInstances {
+        filters: Vec<String>,
+        region: String,
+    },
+    /// An instance `ec2-hosts` found has no address of the kind `ec2-address` asks for.
+    #[error("EC2 instance {instance} has no {address} address")]
+    NoAddress {
+        instance: String,
+        address: &'static str,
+    },
+    /// A host is not registered in a target group it should drain from.
+    #[error("{host} is not registered in target group `{target_group}`")]
+    NotInTargetGroup { host: String, target_group: String },
+    /// A host did not become healthy in the load balancer in time.
+    #[error(
+        "{host} is not healthy in target group `{target_group}` after {waited_secs} s: {state}{}",
+        if reason.is_empty() { String::new() } else { format!(" ({reason})") }
+    )]
+    Unhealthy {
+        host: String,
+        target_group: String,
+        state: String,
+        reason: String,
+        waited_secs: u64,
+    },
+    /// This runner's public IP could not be found out.
+    #[error("cannot find this runner's public IP for `ssh-ingress`: {url}: {problem}")]
+    RunnerIp { url: String, problem: String },
+    /// The run was cancelled while AWS changes were under way.
+    #[error("the deploy was cancelled")]
+    Cancelled,
     /// A local failure inside the agent (the agent reports these to the client).
     #[error("{}", .0.message)]
     Agent(Failure),
+}
+
+/// An AWS API call dropship makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AwsCall {
+    /// Finding `ec2-hosts`.
+    DescribeInstances,
+    /// Finding SSH rules left by earlier deploys.
+    DescribeSecurityGroupRules,
+    /// Opening SSH for this runner.
+    AuthorizeSecurityGroupIngress,
+    /// Closing it again.
+    RevokeSecurityGroupIngress,
+    /// Reading target states.
+    DescribeTargetHealth,
+    /// Taking a batch out of a load balancer.
+    DeregisterTargets,
+    /// Putting it back.
+    RegisterTargets,
+    /// Who the credentials are (`doctor`).
+    GetCallerIdentity,
+}
+
+impl AwsCall {
+    /// The IAM action that allows the call, e.g. `ec2:DescribeInstances`.
+    pub fn permission(self) -> &'static str {
+        match self {
+            AwsCall::DescribeInstances => "ec2:DescribeInstances",
+            AwsCall::DescribeSecurityGroupRules => "ec2:DescribeSecurityGroupRules",
+            AwsCall::AuthorizeSecurityGroupIngress => "ec2:AuthorizeSecurityGroupIngress",
+            AwsCall::RevokeSecurityGroupIngress => "ec2:RevokeSecurityGroupIngress",
+            AwsCall::DescribeTargetHealth => "elasticloadbalancing:DescribeTargetHealth",
+            AwsCall::DeregisterTargets => "elasticloadbalancing:DeregisterTargets",
+            AwsCall::RegisterTargets => "elasticloadbalancing:RegisterTargets",
+            AwsCall::GetCallerIdentity => "sts:GetCallerIdentity",
+        }
+    }
+}
+
+/// AWS error codes that mean the credentials may not make the call.
+const DENIED: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "AuthFailure",
+];
+
+/// AWS error codes (or their absence, when no request was sent) that mean the
+/// credentials are missing, unknown or expired.
+const NO_CREDENTIALS: &[&str] = &[
+    "InvalidClientTokenId",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "SignatureDoesNotMatch",
+    "",
+];
+
+fn aws_reason(code: &str, message: &str) -> String {
+    match (code, message.trim()) {
+        ("", message) => message.to_owned(),
+        (code, "") => code.to_owned(),
+        (code, message) => format!("{code}: {message}"),
+    }
 }
 
 /// One thing of a release that does not fit the server it is deployed to.
@@ -243,7 +347,16 @@ impl Error {
             | Error::Key { .. }
             | Error::KeyRejected { .. }
             | Error::Unrunnable { .. }
-            | Error::NoAgent { .. } => ExitStatus::BadInput,
+            | Error::NoAgent { .. }
+            | Error::NoInstances { .. }
+            | Error::NoAddress { .. }
+            | Error::NotInTargetGroup { .. } => ExitStatus::BadInput,
+            // Credentials that may not do what was asked: configuration, like bad input.
+            Error::Aws { code, .. }
+                if DENIED.contains(&code.as_str()) || NO_CREDENTIALS.contains(&code.as_str()) =>
+            {
+                ExitStatus::BadInput
+            }
             Error::Remote { failure, .. } | Error::Agent(failure) => failure_status(failure.kind),
             Error::Local { .. }
             | Error::Build { .. }
@@ -256,6 +369,10 @@ impl Error {
             | Error::NotAgentOutput { .. }
             | Error::ChannelRefused { .. }
             | Error::Doctor { .. }
+            | Error::Aws { .. }
+            | Error::Unhealthy { .. }
+            | Error::RunnerIp { .. }
+            | Error::Cancelled
             | Error::PutBack(_) => ExitStatus::Failed,
         }
     }
@@ -298,6 +415,29 @@ impl Error {
             Error::Unrunnable { mismatches, .. } => {
                 distinct_fixes(mismatches).join("\n        ")
             }
+            Error::Aws { call, code, .. } if DENIED.contains(&code.as_str()) => format!(
+                "allow `{}` in the IAM policy of the role or user whose credentials dropship uses (README, \"IAM policy\"); `dropship doctor` checks every permission a deploy needs",
+                call.permission()
+            ),
+            Error::Aws { code, .. } if NO_CREDENTIALS.contains(&code.as_str()) => "give dropship AWS credentials: in Actions, a step with aws-actions/configure-aws-credentials (OIDC) before it; elsewhere a profile (`AWS_PROFILE`) or `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`".into(),
+            Error::Aws { .. } => "run again; if it persists, check the AWS Health Dashboard for the region".into(),
+            Error::NoInstances { filters, region } => format!(
+                "check that the instances are running and tagged so: `aws ec2 describe-instances --region {region} --filters {}`",
+                filters
+                    .iter()
+                    .map(|f| match f.split_once('=') {
+                        Some((name, values)) => format!("Name={name},Values={values}"),
+                        None => f.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Error::NoAddress { address, .. } if address.starts_with("public") => "the instance has no public address: set `ec2-address: private-ip` and deploy from a runner inside the VPC, or give the instance a public IP".into(),
+            Error::NoAddress { .. } => "choose another `ec2-address`, e.g. `private-ip`".into(),
+            Error::NotInTargetGroup { .. } => "register it in the group (an Auto Scaling group does this for its instances), or narrow `ec2-hosts` to the instances behind the load balancer".into(),
+            Error::Unhealthy { .. } => "look at the target group's health check (path, port, success codes) and the app's log on that host; raise `health-timeout` if the load balancer needs longer (healthy threshold × interval)".into(),
+            Error::RunnerIp { .. } => "set `DROPSHIP_RUNNER_IP` to this runner's public IP".into(),
+            Error::Cancelled => "run the deploy again".into(),
             Error::Local { .. } | Error::AgentDied { .. } | Error::Doctor { .. } => return None,
         })
     }

@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::cli::{DeployArgs, RunArgs, ServerArgs, SourceArgs};
+use crate::cli::{DeployArgs, Ec2Args, RunArgs, ServerArgs, SourceArgs, TargetGroupArgs};
 use crate::error::{Error, Result};
+use crate::fleet::{Address, Ec2Filter, Fleet, FleetSpec};
 use crate::package::{DEFAULT_EXCLUDE, SourceSpec};
 use crate::protocol::{self, ProcessManager, RunSpec, Strategy};
 use crate::transport::{Credentials, Host, Pinning, PrivateKey};
@@ -26,6 +27,9 @@ pub struct Server {
     pub json: bool,
     /// Who deploys, for locks and the release log.
     pub by: String,
+    /// The AWS session when EC2 features are asked for; what it changed in
+    /// AWS is put back when the command ends (or is cancelled).
+    pub fleet: Option<Fleet>,
 }
 
 /// A validated `deploy`.
@@ -95,7 +99,7 @@ impl Deploy {
         };
         protocol::check_release_id(&release)
             .map_err(|problem| Error::input("release", problem, "e.g. `20261126-abc1234`"))?;
-        let server = Server::from_args(args.server)?;
+        let server = Server::with_targets(args.server, Some(&args.targets))?;
         let hosts = server.hosts.len();
         let max_parallel = match args.max_parallel {
             Some(0) => {
@@ -313,8 +317,14 @@ pub fn source_spec(args: &SourceArgs) -> SourceSpec {
 }
 
 impl Server {
-    /// Validates connection arguments; reads key and known_hosts files.
+    /// Validates connection arguments; reads key and known_hosts files; finds
+    /// the `ec2-hosts` instances.
     pub fn from_args(args: ServerArgs) -> Result<Server> {
+        Server::with_targets(args, None)
+    }
+
+    /// [`Server::from_args`], with the load balancer's target groups.
+    pub fn with_targets(args: ServerArgs, targets: Option<&TargetGroupArgs>) -> Result<Server> {
         protocol::check_remote_path(&args.remote_path).map_err(|problem| {
             Error::input(
                 "remote-path",
@@ -322,8 +332,13 @@ impl Server {
                 "use an absolute directory of the app's own, e.g. `/srv/myapp`",
             )
         })?;
-        let hosts = parse_hosts(&args.host, args.user.as_deref(), args.port)?;
-        let needs_ssh = hosts.iter().any(|h| *h != Host::Local);
+        let fleet = fleet_spec(&args.ec2, targets)?;
+        let mut hosts = if args.host.trim().is_empty() && !fleet.filters.is_empty() {
+            Vec::new()
+        } else {
+            parse_hosts(&args.host, args.user.as_deref(), args.port)?
+        };
+        let needs_ssh = !fleet.filters.is_empty() || hosts.iter().any(|h| *h != Host::Local);
         let key = match (args.key, &args.key_file) {
             (Some(text), _) => Some(text),
             (None, Some(path)) => Some(read_text(path, "key-file")?),
@@ -350,7 +365,9 @@ impl Server {
         }
         let fingerprints =
             Pinning::parse_fingerprints(args.host_fingerprint.as_deref().unwrap_or_default())?;
+        let fleet = Fleet::open(fleet, &mut hosts, args.user.as_deref(), args.port)?;
         Ok(Server {
+            fleet,
             hosts,
             credentials: Credentials {
                 key,
@@ -378,6 +395,45 @@ impl Server {
             dry_run: self.dry_run,
         }
     }
+}
+
+/// Validates the AWS inputs (nothing is asked of AWS yet).
+fn fleet_spec(ec2: &Ec2Args, targets: Option<&TargetGroupArgs>) -> Result<FleetSpec> {
+    let filters = split_lines(&ec2.ec2_hosts)
+        .iter()
+        .map(|line| Ec2Filter::parse(line))
+        .collect::<Result<Vec<_>>>()?;
+    let address = ec2.ec2_address.as_deref().map(Address::parse).transpose()?;
+    let ssh_ingress = ec2.ssh_ingress.clone().filter(|g| !g.trim().is_empty());
+    if let Some(group) = &ssh_ingress {
+        if !group.starts_with("sg-") || group.contains(char::is_whitespace) {
+            return Err(Error::input(
+                "ssh-ingress",
+                format!("`{group}` is not a security group id"),
+                "give the id of the instances' security group, e.g. `sg-0123456789abcdef0`",
+            ));
+        }
+    }
+    let target_groups = targets
+        .map(|t| split_lines(&t.target_group))
+        .unwrap_or_default();
+    for arn in &target_groups {
+        if !arn.starts_with("arn:") || !arn.contains(":targetgroup/") {
+            return Err(Error::input(
+                "target-group",
+                format!("`{arn}` is not a target group ARN"),
+                "e.g. `arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/73e2d6bc24d8a067`",
+            ));
+        }
+    }
+    Ok(FleetSpec {
+        filters,
+        address,
+        region: ec2.aws_region.clone().filter(|r| !r.trim().is_empty()),
+        ssh_ingress,
+        target_groups,
+        drain_timeout: std::time::Duration::from_secs(targets.map_or(300, |t| t.drain_timeout)),
+    })
 }
 
 fn read_text(path: &Path, input: &'static str) -> Result<String> {
@@ -457,6 +513,7 @@ pub fn parse_hosts(text: &str, user: Option<&str>, port: u16) -> Result<Vec<Host
             user: user.to_owned(),
             host: name.to_owned(),
             port,
+            instance: None,
         });
     }
     if hosts.is_empty() {
@@ -539,6 +596,7 @@ mod tests {
             user: user.into(),
             host: host.into(),
             port,
+            instance: None,
         };
         assert_eq!(
             hosts,

@@ -3,6 +3,8 @@
 //!
 //! The pipeline, one module a stage, data flowing one way:
 //! `cli` → `inputs` → `build` → `package` → `preflight` → `transport` → `agent` (on the server) → `report`.
+//! `fleet` is the client's AWS side: `inputs` finds EC2 hosts with it, and
+//! `deploy` opens SSH for the runner and drains and health-gates each batch.
 //! `deploy` orchestrates it; `protocol` and `manifest` are the contract between
 //! the client and the agent.
 
@@ -15,6 +17,7 @@ mod commands;
 mod deploy;
 mod dotenv;
 mod error;
+mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 mod github;

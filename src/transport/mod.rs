@@ -31,17 +31,45 @@ pub enum Host {
         host: String,
         /// SSH port.
         port: u16,
+        /// The EC2 instance it is, when `ec2-hosts` found it.
+        instance: Option<String>,
     },
+}
+
+impl Host {
+    /// The SSH port (none for `local`).
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Host::Local => None,
+            Host::Ssh { port, .. } => Some(*port),
+        }
+    }
+
+    /// The EC2 instance id, when `ec2-hosts` found the host.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            Host::Ssh {
+                instance: Some(id), ..
+            } => Some(id),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Host::Local => f.write_str("local"),
-            Host::Ssh { user, host, port } if host.contains(':') => {
-                write!(f, "{user}@[{host}]:{port}")
-            }
-            Host::Ssh { user, host, port } => write!(f, "{user}@{host}:{port}"),
+            Host::Local => f.write_str("local")?,
+            Host::Ssh {
+                user, host, port, ..
+            } if host.contains(':') => write!(f, "{user}@[{host}]:{port}")?,
+            Host::Ssh {
+                user, host, port, ..
+            } => write!(f, "{user}@{host}:{port}")?,
+        }
+        match self.instance() {
+            Some(id) => write!(f, " ({id})"),
+            None => Ok(()),
         }
     }
 }
@@ -78,9 +106,13 @@ pub enum Connection {
 pub fn connect(host: &Host, credentials: &Credentials, agent: &AgentBinary) -> Result<Connection> {
     match host {
         Host::Local => Ok(Connection::Local),
-        Host::Ssh { user, host, port } => {
-            ssh::connect((user, host, *port), credentials, agent).map(Connection::Ssh)
-        }
+        Host::Ssh {
+            user,
+            host: name,
+            port,
+            ..
+        } => ssh::connect((user, name, *port), &host.to_string(), credentials, agent)
+            .map(Connection::Ssh),
     }
 }
 

@@ -13,7 +13,7 @@ use ssh2::{Channel, MethodType, Session};
 
 use super::agents::{Agent, AgentBinary};
 use super::conn::{AGENT_MISSING, AgentConn, Link};
-use super::{Credentials, Host, Opened};
+use super::{Credentials, Opened};
 use crate::error::{Error, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -92,15 +92,11 @@ pub struct Connected {
 /// (it is needed next, and hashing it overlaps the handshake's round trips).
 pub fn connect(
     (user, name, port): (&str, &str, u16),
+    label: &str,
     credentials: &Credentials,
     agent: &AgentBinary,
 ) -> Result<Connected> {
-    let label = Host::Ssh {
-        user: user.into(),
-        host: name.into(),
-        port,
-    }
-    .to_string();
+    let label = label.to_owned();
     let (session, loaded) = std::thread::scope(|scope| {
         let loaded = scope.spawn(|| agent.get().map(drop));
         let session = credentials
