@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::support::moto::Moto;
 use crate::support::netns::{self, NetFleet};
+use crate::support::process::signal;
 use crate::support::runtime::{Behaviour, node_app};
 
 /// `ssh` (the OpenSSH client) to `host` of `fleet` with strict host key checking.
@@ -117,21 +118,65 @@ fn netns_hosts_answer_ssh_on_their_private_ip_and_see_their_own_directory() {
         );
     }
     // Dropped, the fleet leaves no interface and no namespace behind.
-    let (links, namespaces) = fleet.resource_names();
+    let names = fleet.resource_names();
     drop(fleet);
+    assert_gone(&names);
+}
+
+/// Fails if a link or namespace of `names` ([`NetFleet::resource_names`]) exists.
+#[track_caller]
+fn assert_gone((links, namespaces): &(Vec<String>, Vec<String>)) {
     let (all_links, all_namespaces) = netns::links_and_namespaces();
-    for link in &links {
+    // `ip -o link` lines: `7: name: <…>` or `7: name@peer: <…>`.
+    let link_names: Vec<&str> = all_links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n))
+        .collect();
+    let ns_names: Vec<&str> = all_namespaces
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for link in links {
         assert!(
-            !all_links.contains(&format!(": {link}")) && !all_links.contains(&format!(": {link}@")),
+            !link_names.contains(&link.as_str()),
             "{link} left behind:\n{all_links}"
         );
     }
-    for ns in &namespaces {
+    for ns in namespaces {
         assert!(
-            !all_namespaces.contains(ns),
+            !ns_names.contains(&ns.as_str()),
             "{ns} left behind:\n{all_namespaces}"
         );
     }
+}
+
+#[test]
+#[ignore = "needs root: hosts in network namespaces on a bridge"]
+fn a_fleet_in_a_panicking_test_leaves_nothing_behind() {
+    crate::support::assert_root("hosts in network namespaces on a bridge");
+    let left = std::sync::Mutex::new(None);
+    let unwound = std::panic::catch_unwind(|| {
+        let fleet = NetFleet::new(1);
+        // As the agent's PM2 and its apps would be: a process left in the namespace.
+        let child = fleet
+            .host(0)
+            .command("sleep")
+            .arg("600")
+            .spawn()
+            .expect("start sleep in the namespace");
+        *left.lock().unwrap() = Some((fleet.resource_names(), child));
+        panic!("a test failing with a fleet up");
+    });
+    assert!(unwound.is_err());
+    let (names, mut child) = left.into_inner().unwrap().expect("the fleet was up");
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{status}"
+    );
+    assert_gone(&names);
 }
 
 #[test]
@@ -276,6 +321,20 @@ fn moto_reports_the_fleet_and_checks_target_health_over_http() {
             .contains(&(i0.clone(), "unhealthy".into()))),
         "{:?}",
         moto.target_health(tg)
+    );
+    // An nginx that accepts but never answers: the check times out (after 1 s).
+    let nginx = fleet.host(1).nginx_pids();
+    assert!(nginx.len() >= 2, "nginx has no worker: {nginx:?}");
+    nginx.iter().for_each(|pid| signal(*pid, libc::SIGSTOP));
+    let health = moto.target_health(tg);
+    nginx.iter().for_each(|pid| signal(*pid, libc::SIGCONT));
+    assert!(
+        health.contains(&(
+            i1.clone(),
+            "unhealthy".into(),
+            Some("Target.Timeout".into())
+        )),
+        "{health:?}"
     );
     // A stopped instance is `unused`, as moto has it.
     moto.stop_instance(i1);

@@ -389,6 +389,17 @@ impl NetHost {
         command
     }
 
+    /// The PIDs of the host's nginx, master first, then its workers (e.g. to SIGSTOP
+    /// them all: connections are accepted, never answered, health checks time out).
+    pub fn nginx_pids(&self) -> Vec<u32> {
+        let master = self.nginx.pid();
+        let children = fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        std::iter::once(master)
+            .chain(children.split_whitespace().filter_map(|p| p.parse().ok()))
+            .collect()
+    }
+
     pub fn sshd_log(&self) -> String {
         self.sshd.log()
     }
