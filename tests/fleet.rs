@@ -268,13 +268,14 @@ fn moto_reports_the_fleet_and_checks_target_health_over_http() {
     assert_eq!(health, expected);
 
     // Deregistered: draining for the delay (2 s), then unused and no longer listed.
+    // Taken before the call: moto's clock for the delay starts during it.
+    let deregistered = Instant::now();
     moto.call(
         "elbv2",
         "deregister_targets",
         json!({ "TargetGroupArn": tg, "Targets": [{ "Id": i0 }] }),
     )
     .expect("DeregisterTargets");
-    let deregistered = Instant::now();
     assert!(
         moto.target_states(tg)
             .contains(&(i0.clone(), "draining".into())),
