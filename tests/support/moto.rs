@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use super::netns::NetFleet;
+use crate::test::Test;
 
 /// The region everything is seeded in (and `AWS_REGION` of [`Moto::env`]).
 pub const REGION: &str = "eu-west-1";
@@ -146,7 +147,25 @@ impl Moto {
             ("AWS_SECRET_ACCESS_KEY", "testing".into()),
             ("AWS_REGION", REGION.into()),
             ("AWS_DEFAULT_REGION", REGION.into()),
+            // No instance metadata service to wait for, no profile of the machine's.
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("AWS_CONFIG_FILE", "/dev/null".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
         ]
+    }
+
+    /// `test` with [`Moto::env`], and the credentials `keys` (access key id, secret)
+    /// instead of the `testing` ones when given (after [`Moto::enforce_iam`]).
+    pub fn env_for(&self, mut test: Test, keys: Option<&(String, String)>) -> Test {
+        for (name, value) in self.env() {
+            let value = match (name, keys) {
+                ("AWS_ACCESS_KEY_ID", Some((key, _))) => key.clone(),
+                ("AWS_SECRET_ACCESS_KEY", Some((_, secret))) => secret.clone(),
+                _ => value,
+            };
+            test = test.env(name, &value);
+        }
+        test
     }
 
     /// The server's log so far (requests, tracebacks).

@@ -105,6 +105,8 @@ impl NetFleet {
     pub fn with_strategy(count: usize, strategy: Strategy) -> NetFleet {
         crate::support::assert_root("hosts in network namespaces on a bridge");
         assert!(count <= 100, "at most 100 hosts per fleet (10.n.0.10-109)");
+        static REAPED: std::sync::Once = std::sync::Once::new();
+        REAPED.call_once(reap_dead_fleets);
         let pid = std::process::id();
         let serial = FLEETS.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("ds{}-{}", base36(pid as usize), base36(serial));
@@ -510,8 +512,55 @@ impl Drop for Namespace {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        ip_quiet(&["link", "del", &self.veth]);
+        if !self.veth.is_empty() {
+            ip_quiet(&["link", "del", &self.veth]);
+        }
         ip_quiet(&["netns", "del", &self.name]);
+    }
+}
+
+/// Deletes what fleets of test processes that are gone (SIGKILLed: no Drop ran) left:
+/// namespaces `dropship-<pid>-…` (and every process still in them), links
+/// `ds<pid in base 36>-…`, and their subnet locks.
+fn reap_dead_fleets() {
+    let dead = |pid: Option<u32>| pid.is_some_and(|pid| !alive(pid));
+    for line in ip_output(&["netns", "list"]).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let pid = name
+            .strip_prefix("dropship-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse().ok());
+        if dead(pid) {
+            drop(Namespace {
+                name: name.to_owned(),
+                veth: String::new(),
+                pm2_home: PathBuf::new(),
+            });
+        }
+    }
+    for line in ip_output(&["-o", "link", "show"]).lines() {
+        let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) else {
+            continue;
+        };
+        let pid = name
+            .strip_prefix("ds")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| u32::from_str_radix(pid, 36).ok());
+        if dead(pid) {
+            ip_quiet(&["link", "del", name]);
+        }
+    }
+    if let Ok(locks) = fs::read_dir(LOCK_DIR) {
+        for lock in locks.flatten() {
+            let holder = fs::read_to_string(lock.path())
+                .ok()
+                .and_then(|p| p.trim().parse().ok());
+            if dead(holder) {
+                let _ = fs::remove_file(lock.path());
+            }
+        }
     }
 }
 
