@@ -442,8 +442,13 @@ fn moto_enforces_iam_and_records_the_calls_of_others_only() {
 fn the_existing_cli_deploys_to_netns_hosts_listed_by_hand() {
     crate::support::assert_root("hosts in network namespaces on a bridge");
     let fleet = NetFleet::new(2);
+    let moto = Moto::start();
+    let seeded = moto.seed_fleet(&fleet, &[("Role", "web")], 1);
+    moto.start_recording();
     let app = node_app(fleet.work(), "v1", Behaviour::Healthy);
-    let out = fleet.deploy(&app, "r1").success();
+    // With the AWS environment of the EC2 tests, and no EC2 option: no AWS call.
+    let out = moto.env_for(fleet.deploy(&app, "r1"), None).success();
+    assert_eq!(moto.recorded_calls(), Vec::<String>::new());
     for host in fleet.hosts() {
         assert_eq!(
             host.live().as_deref(),
@@ -465,6 +470,16 @@ fn the_existing_cli_deploys_to_netns_hosts_listed_by_hand() {
             host.index()
         );
     }
+    // What the target group's health checks see once the app is up behind nginx.
+    let mut states = moto.target_states(&seeded.target_group_arn);
+    states.sort();
+    let mut healthy: Vec<(String, String)> = seeded
+        .instance_ids
+        .iter()
+        .map(|id| (id.clone(), "healthy".to_owned()))
+        .collect();
+    healthy.sort();
+    assert_eq!(states, healthy);
 }
 
 #[test]

@@ -29,7 +29,9 @@
 //! Drop (also on unwind, and for a fleet half built when a step panicked): sshd and
 //! nginx stopped by PID, then every process left in each namespace (`ip netns pids`:
 //! the PM2 daemon, its apps, agents) SIGKILLed by PID, then the veths, namespaces
-//! and bridge deleted and the subnet's lock removed.
+//! and bridge deleted and the subnet's lock removed. A process killed with SIGKILL
+//! runs no Drop: the first fleet of the next test process deletes what fleets of
+//! processes that are gone left behind (their PID is in every name).
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
