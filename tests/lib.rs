@@ -35,6 +35,8 @@ mod skew;
 mod caches;
 // Several hosts in one deploy: all-at-once and rolling.
 mod hosts;
+// The EC2 fleet harness: hosts in network namespaces, moto's server, IAM enforcement.
+mod fleet;
 // Two deploys to one host at once.
 mod lock;
 // `dropship package` and source detection errors.

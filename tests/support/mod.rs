@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: a throw-away OpenSSH server per
 //! test, a fake Next.js `output: 'standalone'` build, and directory-tree
-//! snapshots for comparing what was deployed with what was expected.
+//! snapshots for comparing what was deployed with what was expected; for the EC2
+//! tests, hosts in network namespaces (`netns`) and moto's server (`moto`).
 
 #![allow(dead_code)]
 
@@ -8,7 +9,9 @@ pub mod addon;
 pub mod browser;
 pub mod fake_github;
 pub mod fixture;
+pub mod moto;
 pub mod mount;
+pub mod netns;
 pub mod nextapp;
 pub mod process;
 pub mod proxy;

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -89,10 +89,14 @@ impl Drop for Pm2Home {
     }
 }
 
-/// A private nginx on 127.0.0.1 proxying to the upstream `app` defined in `upstream`.
+/// A private nginx on 127.0.0.1 (or on port 80 of a network namespace) proxying to
+/// the upstream `app` defined in `upstream`.
 pub struct Nginx {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
     child: Child,
+    /// Where it answers from the root namespace.
+    pub addr: SocketAddr,
     pub port: u16,
     pub upstream: PathBuf,
 }
@@ -100,22 +104,74 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx with `upstream` (which must exist) included in its `http` context.
     pub fn start(app: &str, upstream: &Path) -> Nginx {
-        let dir = tempfile::Builder::new()
+        let temp = tempfile::Builder::new()
             .prefix("dropship-nginx-")
             .tempdir()
             .unwrap();
         let port = free_port();
-        let d = dir.path().display();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        Nginx::launch(
+            None,
+            temp.path().to_owned(),
+            Some(temp),
+            addr,
+            &addr.to_string(),
+            app,
+            upstream,
+        )
+    }
+
+    /// Starts nginx in network namespace `netns` (`ip netns exec`, which execs nginx:
+    /// the child's PID is the master's), listening on `0.0.0.0:80` there and reached
+    /// from the root namespace at `ip:80`; its config, pid file and logs go in `dir`.
+    pub fn start_in_netns(
+        netns: &str,
+        ip: Ipv4Addr,
+        dir: &Path,
+        app: &str,
+        upstream: &Path,
+    ) -> Nginx {
+        fs::create_dir_all(dir).unwrap();
+        let addr = SocketAddr::from((ip, 80));
+        Nginx::launch(
+            Some(netns),
+            dir.to_owned(),
+            None,
+            addr,
+            "0.0.0.0:80",
+            app,
+            upstream,
+        )
+    }
+
+    fn launch(
+        netns: Option<&str>,
+        dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        addr: SocketAddr,
+        listen: &str,
+        app: &str,
+        upstream: &Path,
+    ) -> Nginx {
+        let d = dir.display();
         let conf = format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 512; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  include {};\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{ proxy_pass http://{app}; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 512; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  include {};\n  server {{\n    listen {listen};\n    location / {{ proxy_pass http://{app}; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n",
             upstream.display()
         );
-        fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
+        fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, "nginx"]);
+                command
+            }
+            None => Command::new("nginx"),
+        };
+        let child = command
             .args(["-p"])
-            .arg(dir.path())
+            .arg(&dir)
             .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
+            .arg(dir.join("nginx.conf"))
             .args(["-g", "daemon off;"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -123,12 +179,14 @@ impl Nginx {
             .expect("start nginx (is the nginx package installed?)");
         let nginx = Nginx {
             dir,
+            _temp: temp,
             child,
-            port,
+            addr,
+            port: addr.port(),
             upstream: upstream.to_owned(),
         };
         let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "nginx did not start: {}",
@@ -141,12 +199,21 @@ impl Nginx {
 
     /// The command that reloads this nginx gracefully.
     pub fn reload_command(&self) -> String {
-        let d = self.dir.path().display();
-        format!("nginx -p {d} -c {d}/nginx.conf -s reload")
+        reload_command(&self.dir)
+    }
+
+    /// The directory of its config, pid file and logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The PID of the master process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn error_log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+        fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }
 }
 
@@ -194,14 +261,27 @@ pub fn node_app(root: &Path, variant: &str, behaviour: Behaviour) -> PathBuf {
     app
 }
 
+/// The command that reloads the nginx whose `nginx.conf` is in `dir` gracefully.
+pub fn reload_command(dir: &Path) -> String {
+    let d = dir.display();
+    format!("nginx -p {d} -c {d}/nginx.conf -s reload")
+}
+
 /// One HTTP GET through a fresh connection; the body, or why it failed.
 pub fn get(port: u16) -> Result<String, String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    get_from(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), "/")
+}
+
+/// One HTTP GET of `path` from `addr` through a fresh connection; the body of a 200,
+/// or the status line (or why there was none).
+pub fn get_from(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut response = String::new();
     stream

@@ -19,10 +19,13 @@
 //!   the `systemd` NSS module synthesizes shadow entries `!*` for non-root
 //!   readers, so running the tests as `nobody` fails with "account is
 //!   locked"; run them as root or as a real user.
+//! - [`Sshd::start_in_netns`] runs sshd inside a network namespace (`ip netns exec`,
+//!   which execs sshd: the child's PID is sshd's) on `<ip>:22`, authorizing a user
+//!   key shared by every host of a fleet (tests/support/netns.rs).
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -103,7 +106,9 @@ impl HostKey {
 pub struct Sshd {
     dir: TempDir,
     child: Child,
+    addr: IpAddr,
     port: u16,
+    user_key: PathBuf,
     user: String,
     host_fingerprint: String,
     known_hosts_line: String,
@@ -147,16 +152,34 @@ impl Sshd {
     /// namespace where `real` is bind-mounted over `remote`, so several test hosts
     /// can share one `remote-path` without sharing its files. Needs root.
     pub fn start_as_host(env: &[(&str, &str)], remote: &Path, real: &Path) -> Sshd {
-        fs::create_dir_all(remote).expect("create the shared remote path");
-        fs::create_dir_all(real).expect("create the host's own directory");
         let script = real.with_extension("session.sh");
-        let body = format!(
-            "#!/bin/sh\nexec unshare -m sh -c 'mount --bind \"$0\" \"$1\" && exec sh -c \"$SSH_ORIGINAL_COMMAND\"' '{}' '{}'\n",
-            real.display(),
-            remote.display()
-        );
-        write_mode(&script, body.as_bytes(), 0o755);
+        write_session_script(&script, &[(remote, real)]);
         Sshd::start_with(env, Some(&script), 20)
+    }
+
+    /// A host of a fleet of network namespaces (tests/support/netns.rs): sshd runs in
+    /// network namespace `netns` (`ip netns exec`), listening on `addr:22` only, and
+    /// authorizes the existing `user_key` (its public half is `<user_key>.pub`), which
+    /// every host of the fleet shares. As with [`Sshd::start_as_host`], every session
+    /// runs in its own mount namespace where each `(shared, real)` pair of `binds` has
+    /// `real` bind-mounted over `shared`; `env` is set in every session. Needs root.
+    pub fn start_in_netns(
+        netns: &str,
+        addr: Ipv4Addr,
+        env: &[(&str, &str)],
+        binds: &[(&Path, &Path)],
+        user_key: &Path,
+    ) -> Sshd {
+        Sshd::launch(&Options {
+            env,
+            session_binds: binds,
+            max_sessions: 20,
+            host_keys: &[HostKey::Ed25519],
+            netns: Some(netns),
+            addr: Some(addr),
+            user_key: Some(user_key),
+            ..Options::default()
+        })
     }
 
     /// Like [`Sshd::start_with_env`], with sessions that cannot override file
@@ -187,6 +210,26 @@ impl Sshd {
         max_sessions: u32,
         host_keys: &[HostKey],
     ) -> Sshd {
+        Sshd::launch(&Options {
+            env,
+            force_command,
+            max_sessions,
+            host_keys,
+            ..Options::default()
+        })
+    }
+
+    fn launch(options: &Options) -> Sshd {
+        let Options {
+            env,
+            force_command,
+            session_binds,
+            max_sessions,
+            host_keys,
+            netns,
+            addr,
+            user_key,
+        } = *options;
         let user = current_user();
         check_account_not_locked(&user);
         if is_root() {
@@ -202,9 +245,23 @@ impl Sshd {
         for kind in host_keys {
             keygen(&d.join(kind.file()), kind.keygen_args(), None, "host");
         }
-        keygen(&d.join("id_ed25519"), &["-t", "ed25519"], None, "user");
-        let user_pub = fs::read_to_string(d.join("id_ed25519.pub")).expect("read user public key");
+        let user_key = match user_key {
+            Some(key) => key.to_owned(),
+            None => {
+                keygen(&d.join("id_ed25519"), &["-t", "ed25519"], None, "user");
+                d.join("id_ed25519")
+            }
+        };
+        let user_pub = fs::read_to_string(public_half(&user_key)).expect("read user public key");
         write_mode(&d.join("authorized_keys"), user_pub.as_bytes(), 0o600);
+        let session_script = d.join("session.sh");
+        let force_command = if session_binds.is_empty() {
+            force_command
+        } else {
+            write_session_script(&session_script, session_binds);
+            Some(session_script.as_path())
+        };
+        let listen = addr.unwrap_or(Ipv4Addr::LOCALHOST);
 
         let host_pub =
             fs::read_to_string(d.join("host_ed25519.pub")).expect("read host public key");
@@ -219,16 +276,25 @@ impl Sshd {
 
         let mut previous_logs = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let port = free_port();
+            // In a network namespace of its own, sshd has port 22 to itself.
+            let port = if netns.is_some() { 22 } else { free_port() };
             let config = d.join("sshd_config");
             fs::write(
                 &config,
-                sshd_config(d, port, env, force_command, max_sessions, host_keys),
+                sshd_config(d, listen, port, env, force_command, max_sessions, host_keys),
             )
             .expect("write sshd_config");
             let log_path = d.join("sshd.log");
             let log = fs::File::create(&log_path).expect("create sshd.log");
-            let child = Command::new(SSHD)
+            let mut command = match netns {
+                Some(netns) => {
+                    let mut command = Command::new("ip");
+                    command.args(["netns", "exec", netns, SSHD]);
+                    command
+                }
+                None => Command::new(SSHD),
+            };
+            let child = command
                 .arg("-D")
                 .arg("-e")
                 .arg("-f")
@@ -239,9 +305,10 @@ impl Sshd {
                 .spawn()
                 .expect("spawn /usr/sbin/sshd (is openssh-server installed?)");
 
-            match wait_ready(child, port) {
+            let socket = SocketAddr::new(IpAddr::V4(listen), port);
+            match wait_ready(child, socket) {
                 Ok(child) => {
-                    let known_hosts_line = format!("[127.0.0.1]:{port} {host_key}");
+                    let known_hosts_line = format!("{} {host_key}", known_host(socket));
                     write_mode(
                         &d.join("known_hosts"),
                         format!("{known_hosts_line}\n").as_bytes(),
@@ -250,7 +317,9 @@ impl Sshd {
                     return Sshd {
                         dir,
                         child,
+                        addr: IpAddr::V4(listen),
                         port,
+                        user_key,
                         user,
                         host_fingerprint,
                         known_hosts_line,
@@ -261,7 +330,7 @@ impl Sshd {
                     let log = fs::read_to_string(&log_path).unwrap_or_default();
                     let port_taken = log.contains("Address already in use")
                         || log.contains("Cannot bind any address");
-                    if port_taken && attempt < START_ATTEMPTS {
+                    if port_taken && netns.is_none() && attempt < START_ATTEMPTS {
                         previous_logs.push_str(&format!(
                             "--- attempt {attempt} (port {port}): {why}\n{log}\n"
                         ));
@@ -277,9 +346,14 @@ impl Sshd {
         unreachable!("the last attempt either returns or panics")
     }
 
-    /// The TCP port sshd listens on (on 127.0.0.1).
+    /// The TCP port sshd listens on (on 127.0.0.1; 22 in a network namespace).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The address sshd listens on: 127.0.0.1, or the host's IP in its namespace.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
     }
 
     /// The name of the user the tests run as (the only user that can log in).
@@ -287,9 +361,9 @@ impl Sshd {
         self.user.clone()
     }
 
-    /// `"user@127.0.0.1:PORT"`.
+    /// `"user@127.0.0.1:PORT"` (`"user@10.x.0.y:22"` in a network namespace).
     pub fn host_spec(&self) -> String {
-        format!("{}@127.0.0.1:{}", self.user, self.port)
+        format!("{}@{}:{}", self.user, self.addr, self.port)
     }
 
     /// The host key fingerprint, `"SHA256:..."`, exactly as
@@ -298,7 +372,8 @@ impl Sshd {
         self.host_fingerprint.clone()
     }
 
-    /// `"[127.0.0.1]:PORT ssh-ed25519 AAAA..."` (no trailing newline).
+    /// `"[127.0.0.1]:PORT ssh-ed25519 AAAA..."` (no trailing newline); on port 22
+    /// the address has no brackets and no port (`"10.x.0.y ssh-ed25519 AAAA..."`).
     pub fn known_hosts_line(&self) -> String {
         self.known_hosts_line.clone()
     }
@@ -308,7 +383,11 @@ impl Sshd {
         let public = self.dir.path().join(format!("{}.pub", kind.file()));
         let text = fs::read_to_string(&public).expect("read host public key");
         let fields: Vec<&str> = text.split_whitespace().take(2).collect();
-        format!("[127.0.0.1]:{} {}", self.port, fields.join(" "))
+        format!(
+            "{} {}",
+            known_host(SocketAddr::new(self.addr, self.port)),
+            fields.join(" ")
+        )
     }
 
     /// The fingerprint of host key `kind` (see [`Sshd::host_fingerprint`]).
@@ -321,9 +400,10 @@ impl Sshd {
         fs::read_to_string(self.user_key_path()).expect("read user private key")
     }
 
-    /// The authorized ed25519 user private key as a 0600 file.
+    /// The authorized ed25519 user private key as a 0600 file (the shared one
+    /// given to [`Sshd::start_in_netns`]).
     pub fn user_key_path(&self) -> PathBuf {
-        self.dir.path().join("id_ed25519")
+        self.user_key.clone()
     }
 
     /// A known_hosts file holding [`Sshd::known_hosts_line`].
@@ -393,8 +473,82 @@ impl Drop for Sshd {
     }
 }
 
+/// What [`Sshd::launch`] starts; the default is [`Sshd::start`]'s.
+#[derive(Clone, Copy)]
+struct Options<'a> {
+    env: &'a [(&'a str, &'a str)],
+    force_command: Option<&'a Path>,
+    /// `(shared, real)` bind mounts of a session script (overrides `force_command`).
+    session_binds: &'a [(&'a Path, &'a Path)],
+    max_sessions: u32,
+    host_keys: &'a [HostKey],
+    netns: Option<&'a str>,
+    addr: Option<Ipv4Addr>,
+    user_key: Option<&'a Path>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            env: &[],
+            force_command: None,
+            session_binds: &[],
+            max_sessions: 20,
+            host_keys: &[HostKey::Ed25519],
+            netns: None,
+            addr: None,
+            user_key: None,
+        }
+    }
+}
+
+/// Writes a ForceCommand that runs each session in its own mount namespace with
+/// every `(shared, real)` pair's `real` bind-mounted over `shared` (creating both).
+fn write_session_script(script: &Path, binds: &[(&Path, &Path)]) {
+    let mut mounts = Vec::new();
+    let mut args = String::new();
+    for (n, (shared, real)) in binds.iter().enumerate() {
+        fs::create_dir_all(shared).expect("create the shared path");
+        fs::create_dir_all(real).expect("create the host's own directory");
+        mounts.push(format!(
+            "mount --bind \"${}\" \"${}\"",
+            2 * n + 1,
+            2 * n + 2
+        ));
+        args.push_str(&format!(" '{}' '{}'", real.display(), shared.display()));
+    }
+    let body = format!(
+        "#!/bin/sh\nexec unshare -m sh -c '{} && exec sh -c \"$SSH_ORIGINAL_COMMAND\"' sh{args}\n",
+        mounts.join(" && ")
+    );
+    write_mode(script, body.as_bytes(), 0o755);
+}
+
+/// How known_hosts names `addr`: `[ip]:port`, or the bare IP on port 22.
+fn known_host(addr: SocketAddr) -> String {
+    if addr.port() == 22 {
+        addr.ip().to_string()
+    } else {
+        format!("[{}]:{}", addr.ip(), addr.port())
+    }
+}
+
+/// `<key>.pub`, next to a private key file.
+fn public_half(key: &Path) -> PathBuf {
+    let mut name = key.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+/// Generates an unencrypted ed25519 key pair at `path` and `path.pub` (the user key
+/// a fleet's hosts share, see [`Sshd::start_in_netns`]).
+pub fn user_keypair(path: &Path) {
+    keygen(path, &["-t", "ed25519"], None, "user");
+}
+
 fn sshd_config(
     dir: &Path,
+    listen: Ipv4Addr,
     port: u16,
     env: &[(&str, &str)],
     force_command: Option<&Path>,
@@ -409,7 +563,7 @@ fn sshd_config(
     // Paths are quoted so a temp dir with spaces still works.
     format!(
         r#"Port {port}
-ListenAddress 127.0.0.1
+ListenAddress {listen}
 {host_keys}PidFile "{d}/sshd.pid"
 AuthorizedKeysFile "{d}/authorized_keys"
 PasswordAuthentication no
@@ -438,8 +592,7 @@ MaxStartups 50
 
 /// Polls until the port answers with an SSH banner; gives the child back on
 /// success, kills it on failure.
-fn wait_ready(mut child: Child, port: u16) -> Result<Child, String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+fn wait_ready(mut child: Child, addr: SocketAddr) -> Result<Child, String> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         match child.try_wait() {
@@ -546,7 +699,7 @@ fn is_root() -> bool {
 }
 
 /// The effective user's name: from the passwd database, else `$USER`, else `whoami`.
-fn current_user() -> String {
+pub fn current_user() -> String {
     // SAFETY: getpwuid returns NULL or a pointer to a static passwd record
     // whose pw_name is a NUL-terminated string; we copy it out immediately.
     let from_passwd = unsafe {
