@@ -148,8 +148,9 @@ fn ship(
     // anywhere puts every host back on what it served before.
     let mut activated: Vec<(usize, AgentConn)> = Vec::new();
     // With one host nothing can ask it to revert: `activate` and `commit` follow the
-    // stream at once, saving two round trips.
-    let pipeline = server.hosts.len() == 1 && !server.dry_run;
+    // stream at once, saving two round trips. Not with a load balancer: the host
+    // leaves it before its switch, and must be healthy there before it commits.
+    let pipeline = server.hosts.len() == 1 && !server.dry_run && targets.is_none();
     let batch_size = inputs.batch_size.max(1);
     for (number, batch) in server.hosts.chunks(batch_size).enumerate() {
         let hosts = batch

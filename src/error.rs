@@ -250,14 +250,14 @@ const DENIED: &[&str] = &[
     "AuthFailure",
 ];
 
-/// AWS error codes (or their absence, when no request was sent) that mean the
-/// credentials are missing, unknown or expired.
+/// AWS error codes that mean the credentials are missing (`NoCredentials`: no
+/// request was sent), unknown or expired.
 const NO_CREDENTIALS: &[&str] = &[
+    "NoCredentials",
     "InvalidClientTokenId",
     "ExpiredToken",
     "ExpiredTokenException",
     "SignatureDoesNotMatch",
-    "",
 ];
 
 fn aws_reason(code: &str, message: &str) -> String {

@@ -405,14 +405,14 @@ fn fleet_spec(ec2: &Ec2Args, targets: Option<&TargetGroupArgs>) -> Result<FleetS
         .collect::<Result<Vec<_>>>()?;
     let address = ec2.ec2_address.as_deref().map(Address::parse).transpose()?;
     let ssh_ingress = ec2.ssh_ingress.clone().filter(|g| !g.trim().is_empty());
-    if let Some(group) = &ssh_ingress {
-        if !group.starts_with("sg-") || group.contains(char::is_whitespace) {
-            return Err(Error::input(
-                "ssh-ingress",
-                format!("`{group}` is not a security group id"),
-                "give the id of the instances' security group, e.g. `sg-0123456789abcdef0`",
-            ));
-        }
+    if let Some(group) = &ssh_ingress
+        && (!group.starts_with("sg-") || group.contains(char::is_whitespace))
+    {
+        return Err(Error::input(
+            "ssh-ingress",
+            format!("`{group}` is not a security group id"),
+            "give the id of the instances' security group, e.g. `sg-0123456789abcdef0`",
+        ));
     }
     let target_groups = targets
         .map(|t| split_lines(&t.target_group))

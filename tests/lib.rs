@@ -53,3 +53,6 @@ mod switch;
 mod agents;
 // Shipped `shared` paths (a committed `.env`) and read-only build directories.
 mod shared;
+// EC2 fleets: hosts from EC2 filters, target groups drained and health-gated,
+// SSH opened for the runner only; moto's server and network-namespace hosts.
+mod ec2;

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig, timeout::TimeoutConfig};
+use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
@@ -81,15 +82,22 @@ impl Aws {
     }
 
     /// The error of `call`, naming the call, the region, and the permission it needs.
-    pub fn error<E, R>(&self, call: AwsCall, err: SdkError<E, R>) -> Error
+    pub fn error<E>(&self, call: AwsCall, err: SdkError<E, HttpResponse>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug + Send + Sync + 'static,
     {
-        let code = err.code().unwrap_or_default().to_owned();
-        let message = match err.message() {
-            Some(message) => message.to_owned(),
-            None => DisplayErrorContext(&err).to_string(),
+        let (code, message) = match (err.code(), err.message()) {
+            (Some(code), message) => (code.to_owned(), message.unwrap_or_default().to_owned()),
+            // An answer the SDK could not read (some stand-ins send EC2's error
+            // shape for every service): its <Code> and <Message> still say it.
+            (None, _) => match err
+                .raw_response()
+                .and_then(|r| r.body().bytes())
+                .and_then(from_xml)
+            {
+                Some(found) => found,
+                None => without_answer(&err),
+            },
         };
         Error::Aws {
             call,
@@ -100,7 +108,55 @@ impl Aws {
     }
 }
 
+/// `<Code>` and `<Message>` of an AWS XML error answer.
+fn from_xml(body: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let element = |name: &str| {
+        let start = text.find(&format!("<{name}>"))? + name.len() + 2;
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..end].trim().to_owned())
+    };
+    Some((element("Code")?, element("Message").unwrap_or_default()))
+}
+
+/// Code and message of a call that got no answer: no credentials, or no network.
+fn without_answer<E: std::error::Error + Send + Sync + 'static>(
+    err: &SdkError<E, HttpResponse>,
+) -> (String, String) {
+    let text = DisplayErrorContext(err).to_string();
+    let code = match err {
+        _ if text.contains("credentials") => "NoCredentials",
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => "Unreachable",
+        _ => "",
+    };
+    (code.to_owned(), text)
+}
+
 /// Whether `err` is EC2's answer to a `DryRun` call the caller may make.
-pub fn dry_run_allowed<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+pub fn dry_run_allowed<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
     err.code() == Some("DryRunOperation")
+        || err
+            .raw_response()
+            .and_then(|r| r.body().bytes())
+            .and_then(from_xml)
+            .is_some_and(|(code, _)| code == "DryRunOperation")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_answer_in_ec2s_shape_still_gives_its_code() {
+        let body = b"<?xml version=\"1.0\"?><ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>User: u is not authorized to perform: elasticloadbalancing:DeregisterTargets</Message></Error></Errors></ErrorResponse>";
+        assert_eq!(
+            from_xml(body),
+            Some((
+                "AccessDenied".into(),
+                "User: u is not authorized to perform: elasticloadbalancing:DeregisterTargets"
+                    .into()
+            ))
+        );
+        assert_eq!(from_xml(b"<html>"), None);
+    }
 }

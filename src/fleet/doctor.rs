@@ -1,6 +1,8 @@
 //! `dropship doctor` for the AWS side: the credentials, and each permission a
 //! deploy with these inputs needs, asked with `DryRun` where the API has it.
 
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{IpPermission, IpRange};
 
 use super::aws::{Aws, dry_run_allowed};
@@ -98,10 +100,9 @@ fn identity(aws: &Aws) -> Check {
 }
 
 /// The answer to a `DryRun` call: `DryRunOperation` means allowed.
-fn dry_run<E, R>(aws: &Aws, call: AwsCall, err: Option<aws_sdk_ec2::error::SdkError<E, R>>) -> Check
+fn dry_run<E>(aws: &Aws, call: AwsCall, err: Option<SdkError<E, HttpResponse>>) -> Check
 where
-    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     match err {
         Some(err) if !dry_run_allowed(&err) => failed(aws, call, err),
@@ -135,10 +136,9 @@ fn target_group(aws: &Aws, arn: &str) -> Check {
     }
 }
 
-fn failed<E, R>(aws: &Aws, call: AwsCall, err: aws_sdk_ec2::error::SdkError<E, R>) -> Check
+fn failed<E>(aws: &Aws, call: AwsCall, err: SdkError<E, HttpResponse>) -> Check
 where
-    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let err = aws.error(call, err);
     Check {

@@ -60,10 +60,9 @@ fn left_behind(aws: &Aws, group: &str) -> Result<Vec<(String, String)>> {
             .map_err(|err| aws.error(AwsCall::DescribeSecurityGroupRules, err))?;
         for rule in page.security_group_rules() {
             let description = rule.description().unwrap_or_default();
-            if rule.is_egress() != Some(true) && description.starts_with(MARK) {
-                if let Some(id) = rule.security_group_rule_id() {
-                    rules.push((id.to_owned(), description.to_owned()));
-                }
+            let ours = rule.is_egress() != Some(true) && description.starts_with(MARK);
+            if let (true, Some(id)) = (ours, rule.security_group_rule_id()) {
+                rules.push((id.to_owned(), description.to_owned()));
             }
         }
         token = page.next_token().map(str::to_owned);

@@ -103,7 +103,7 @@ impl Ledger {
             }
         }
         for (group, rule) in std::mem::take(&mut state.rules) {
-            if let Err(err) = super::ingress::revoke(aws, &group, &[rule.clone()]) {
+            if let Err(err) = super::ingress::revoke(aws, &group, std::slice::from_ref(&rule)) {
                 tracing::error!(
                     "the SSH rule {rule} of {group} could not be removed: {err}; the next deploy removes it, or: `aws ec2 revoke-security-group-ingress --group-id {group} --security-group-rule-ids {rule}`"
                 );

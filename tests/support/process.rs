@@ -141,6 +141,19 @@ impl Watched {
         }
     }
 
+    /// How it ended, if it has.
+    pub fn try_wait(&mut self) -> Option<Ended> {
+        let status = self.child.try_wait().expect("poll the child")?;
+        self.join_readers();
+        Some(match status.code() {
+            Some(code) => {
+                self.status = Some(code);
+                Ended::Exited(code)
+            }
+            None => Ended::Killed,
+        })
+    }
+
     fn join_readers(&mut self) {
         for reader in self.readers.drain(..) {
             let _ = reader.join();
