@@ -34,12 +34,13 @@ COPY . .
 
 # The cache mounts keep the crates.io downloads and the compiled dependencies between
 # local builds; the binaries are copied out of the cached target directory. The aarch64
-# agent is built alone (`cargo rustc --bin`): `crt-static` for it only.
+# agent is built alone (`cargo rustc --bin`): `crt-static` for it only, and without the
+# `aws` feature (the agent never calls AWS; the SDK is most of the build).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --target x86_64-unknown-linux-musl \
     && cargo rustc --release --locked --target aarch64-unknown-linux-gnu --bin dropship-agent \
-       -- -C target-feature=+crt-static \
+       --no-default-features -- -C target-feature=+crt-static \
     && cp target/x86_64-unknown-linux-musl/release/dropship /usr/local/bin/dropship \
     && cp target/x86_64-unknown-linux-musl/release/dropship-agent /usr/local/bin/dropship-agent-x86_64 \
     && cp target/aarch64-unknown-linux-gnu/release/dropship-agent /usr/local/bin/dropship-agent-aarch64 \

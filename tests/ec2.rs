@@ -184,6 +184,8 @@ fn a_rolling_restart_takes_one_host_at_a_time_out_of_the_load_balancer() {
     let moto = Moto::start();
     let seeded = moto.seed_fleet(&fleet, TAGS, 1);
     deployed_once(&fleet, &moto);
+    let (plain, _, _) = timed(&fleet, &moto, "v1b", &["--rollout", "rolling"]);
+    eprintln!("rolling restart of 2 hosts without a target group: {plain:.1} s");
     let v2 = node_app(fleet.work(), "v2", Behaviour::Healthy);
     moto.start_recording();
     let tg = seeded.target_group_arn.clone();
@@ -583,4 +585,58 @@ fn a_missing_permission_names_the_call_and_changes_nothing() {
     );
     assert!(aws[3].starts_with("  ✗ ec2:DescribeSecurityGroupRules: AWS ec2:DescribeSecurityGroupRules failed in eu-west-1: "), "{aws:?}");
     assert_eq!(doctor.code, 2, "{}\n{}", doctor.stdout, doctor.stderr);
+}
+
+/// Times a deploy of `release` (with `extra`), which must succeed; the calls it made.
+fn timed(
+    fleet: &NetFleet,
+    moto: &Moto,
+    variant: &str,
+    extra: &[&str],
+) -> (f64, Vec<String>, Output) {
+    let app = node_app(fleet.work(), variant, Behaviour::Healthy);
+    moto.start_recording();
+    let started = Instant::now();
+    let out = ec2_deploy(fleet, moto, &app, variant, extra).success();
+    (started.elapsed().as_secs_f64(), moto.recorded_calls(), out)
+}
+
+#[test]
+#[ignore = "needs root: hosts in network namespaces on a bridge"]
+fn four_hosts_in_batches_of_two_leave_and_rejoin_the_load_balancer_two_at_a_time() {
+    crate::support::assert_root("hosts in network namespaces on a bridge");
+    let fleet = NetFleet::new(4);
+    let moto = Moto::start();
+    let seeded = moto.seed_fleet(&fleet, TAGS, 1);
+    deployed_once(&fleet, &moto);
+    let tg = seeded.target_group_arn.clone();
+    let rolling = ["--rollout", "rolling", "--batch-size", "2"];
+    let (plain, plain_calls, _) = timed(&fleet, &moto, "r2", &rolling);
+    let mut gated = rolling.to_vec();
+    gated.extend(["--target-group", &tg, "--drain-timeout", "30"]);
+    let (with_lb, calls, out) = timed(&fleet, &moto, "r3", &gated);
+    eprintln!(
+        "rolling restart of 4 hosts in batches of 2: {plain:.1} s without a target group ({} AWS calls), {with_lb:.1} s with one ({} AWS calls: {:?})",
+        plain_calls.len(),
+        calls.len(),
+        calls
+    );
+    assert_eq!(plain_calls, ["DescribeInstances"]);
+    let mut compact = calls.clone();
+    compact.dedup();
+    let batch = [
+        "DeregisterTargets",
+        "DescribeTargetHealth",
+        "RegisterTargets",
+        "DescribeTargetHealth",
+    ];
+    let mut expected = vec!["DescribeInstances", "DescribeTargetHealth"];
+    expected.extend(batch);
+    expected.extend(batch);
+    assert_eq!(compact, expected, "{}", out.stderr);
+    assert_eq!(states(&moto, &seeded), ["healthy"; 4]);
+    for host in fleet.hosts() {
+        assert_eq!(host.live().as_deref(), Some("releases/r3"));
+        assert!(host.get("/").is_ok_and(|b| b.starts_with("r3 ")));
+    }
 }

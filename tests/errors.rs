@@ -104,7 +104,7 @@ fn a_missing_remote_path() {
             "error: the following required arguments were not provided:\n",
             "  --remote-path <REMOTE_PATH>\n",
             "\n",
-            "Usage: dropship deploy --host <HOST> --remote-path <REMOTE_PATH> --working-directory <WORKING_DIRECTORY>\n",
+            "Usage: dropship deploy --remote-path <REMOTE_PATH> --host <HOST> --working-directory <WORKING_DIRECTORY>\n",
             "\n",
             "For more information, try '--help'.\n",
         ),

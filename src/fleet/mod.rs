@@ -108,6 +108,7 @@ impl Address {
     }
 
     /// The input's spelling.
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     pub fn name(self) -> &'static str {
         match self {
             Address::PublicIp => "public-ip",
@@ -120,6 +121,7 @@ impl Address {
 
 /// The validated AWS inputs of a command.
 #[derive(Clone, Debug, Default)]
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 pub struct FleetSpec {
     /// `ec2-hosts`.
     pub filters: Vec<Ec2Filter>,

@@ -38,6 +38,7 @@ pub enum Host {
 
 impl Host {
     /// The SSH port (none for `local`).
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     pub fn port(&self) -> Option<u16> {
         match self {
             Host::Local => None,
