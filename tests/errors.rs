@@ -7,6 +7,7 @@
 use std::fs;
 use std::path::Path;
 
+use crate::support::mount::Mounted;
 use crate::support::runtime::{Behaviour, Pm2Home, free_port, node_app};
 use crate::support::sshd::{KeyKind, Sshd};
 use crate::support::{addon, fixture, process, tree};
@@ -918,4 +919,46 @@ fn other_platforms_variants_in_a_pnpm_tree_are_fine() {
     local_deploy(&app, &remote)
         .args(["--release", "r1"])
         .success();
+}
+
+#[test]
+#[ignore = "needs root: a tmpfs mounted noexec as remote-path"]
+fn a_remote_path_where_programs_cannot_run() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let srv = work.path().join("srv");
+    let mounted = Mounted::tmpfs(&srv, "64m");
+    mounted.remount("noexec");
+    let key = text(&sshd.user_key_path());
+    let known = text(&sshd.known_hosts_path());
+    let out = ssh_deploy(
+        &sshd,
+        work.path(),
+        &["--key-file", &key, "--known-hosts-file", &known],
+    );
+    let host = sshd.host_spec();
+    // The agent's size and file name change with every build.
+    let install = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("{host}: installing the agent (")))
+        .unwrap_or("no install line")
+        .to_owned();
+    assert_stderr(
+        &out,
+        1,
+        &[
+            (&install, "INSTALL"),
+            (&text(work.path()), "WORK"),
+            (&host, "HOST"),
+        ],
+        concat!(
+            "package: Next.js standalone build (.next/standalone, .next/static → .next/static, public → public) — 22 files, 0.2 MB, server.js in `.`\n",
+            "[INSTALL]\n",
+            "error: the agent uploaded to [HOST] cannot be run\n",
+            "  hint: is `remote-path` on a filesystem mounted `noexec`? Choose a `remote-path` where the deploy user may run programs\n",
+        ),
+    );
+    // Nothing of a release was left there.
+    assert!(!srv.join("current").exists() && !srv.join("releases").exists());
 }
