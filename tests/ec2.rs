@@ -640,3 +640,72 @@ fn four_hosts_in_batches_of_two_leave_and_rejoin_the_load_balancer_two_at_a_time
         assert!(host.get("/").is_ok_and(|b| b.starts_with("r3 ")));
     }
 }
+
+#[test]
+#[ignore = "needs root: hosts in network namespaces on a bridge"]
+fn a_drain_longer_than_drain_timeout_warns_and_the_switch_goes_on() {
+    crate::support::assert_root("hosts in network namespaces on a bridge");
+    let fleet = NetFleet::new(1);
+    let moto = Moto::start();
+    // The load balancer would drain for a minute.
+    let seeded = moto.seed_fleet(&fleet, TAGS, 60);
+    deployed_once(&fleet, &moto);
+    let tg = seeded.target_group_arn.clone();
+    let extra = ["--target-group", &tg, "--drain-timeout", "2"];
+    let (secs, _, out) = timed(&fleet, &moto, "r2", &extra);
+    let host = fleet.host(0);
+    let warning = format!(
+        "{} ({}): left the load balancer; still draining after 2 s (`drain-timeout`), switched anyway",
+        host.host_spec(),
+        seeded.instance_ids[0]
+    );
+    assert!(
+        out.stderr.contains(&warning),
+        "no `{warning}` in:\n{}",
+        out.stderr
+    );
+    assert!(secs < 30.0, "it waited {secs:.1} s");
+    assert_eq!(host.live().as_deref(), Some("releases/r2"));
+    assert_eq!(states(&moto, &seeded), ["healthy"]);
+}
+
+#[test]
+#[ignore = "needs root: hosts in network namespaces on a bridge"]
+fn blue_green_keeps_hosts_in_the_load_balancer_and_gates_each_batch_on_its_health() {
+    crate::support::assert_root("hosts in network namespaces on a bridge");
+    let fleet = NetFleet::blue_green(2);
+    let moto = Moto::start();
+    let seeded = moto.seed_fleet(&fleet, TAGS, 1);
+    deployed_once(&fleet, &moto);
+    let tg = seeded.target_group_arn.clone();
+    let (_, calls, out) = timed(
+        &fleet,
+        &moto,
+        "r2",
+        &["--rollout", "rolling", "--target-group", &tg],
+    );
+    let mut compact = calls.clone();
+    compact.dedup();
+    // No deregistration: nginx drains the old port on each host.
+    assert_eq!(
+        compact,
+        ["DescribeInstances", "DescribeTargetHealth"],
+        "{calls:?}"
+    );
+    // Membership, then one gate per batch.
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    for host in fleet.hosts() {
+        let gate = format!(
+            "{} ({}): healthy in the load balancer after",
+            host.host_spec(),
+            seeded.instance_ids[host.index()]
+        );
+        assert!(
+            out.stderr.contains(&gate),
+            "no `{gate}` in:\n{}",
+            out.stderr
+        );
+        assert!(host.get("/").is_ok_and(|b| b.starts_with("r2 ")));
+    }
+    assert_eq!(states(&moto, &seeded), ["healthy", "healthy"]);
+}
