@@ -13,11 +13,16 @@ const SECRETS: &[&str] = &["DROPSHIP_KEY", "DROPSHIP_KEY_PASSPHRASE", "DROPSHIP_
 
 /// CI credentials that an app on this machine has no use for; the build keeps
 /// them (a build may install private packages with the `GITHUB_TOKEN` a
-/// workflow put in its environment).
+/// workflow put in its environment, or read from S3 with the AWS credentials
+/// that aws-actions/configure-aws-credentials exported for the deploy).
 const CI_CREDENTIALS: &[&str] = &[
     "GITHUB_TOKEN",
     "ACTIONS_RUNTIME_TOKEN",
     "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
 ];
 
 /// Removes dropship's secrets from what `command` inherits.
@@ -72,6 +77,9 @@ mod tests {
             "NPM_TOKEN",
         ] {
             assert!(!is_secret(name), "{name}");
+        }
+        for name in ["GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+            assert!(CI_CREDENTIALS.contains(&name), "{name}");
         }
     }
 }
