@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::support::moto::{Moto, REGION, Seeded};
 use crate::support::netns::NetFleet;
-use crate::support::process::{Ended, Watched};
+use crate::support::process::{Ended, Watched, eventually};
 use crate::support::runtime::{Behaviour, node_app};
 use crate::test::{Output, Test};
 
@@ -387,19 +387,6 @@ fn a_cancelled_deploy_registers_its_hosts_again_and_removes_its_ssh_rule() {
         "{:?}",
         live(&fleet)
     );
-}
-
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Serves one HTTP answer with `body` to every request on a free port of

@@ -5,14 +5,13 @@
 //! really drains, with IAM enforcement on request.
 
 use std::process::{Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::support::moto::Moto;
 use crate::support::netns::{self, NetFleet};
-use crate::support::process::signal;
+use crate::support::process::{eventually, signal};
 use crate::support::runtime::{Behaviour, node_app};
 
 /// `ssh` (the OpenSSH client) to `host` of `fleet` with strict host key checking.
@@ -39,20 +38,6 @@ fn ssh(fleet: &NetFleet, host: usize, command: &str) -> std::process::Output {
         .stdin(Stdio::null())
         .output()
         .expect("run ssh")
-}
-
-/// Polls `f` every 100 ms until it is true; false after `timeout`.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -6,20 +6,8 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{IpPermission, IpRange};
 
 use super::aws::{Aws, dry_run_allowed};
-use super::{Fleet, group_name};
+use super::{Check, Fleet, group_name};
 use crate::error::AwsCall;
-
-/// One line of the report.
-pub struct Check {
-    /// What was checked, e.g. `ec2:DescribeInstances`.
-    pub name: String,
-    /// Whether it is fine.
-    pub ok: bool,
-    /// What was found.
-    pub detail: String,
-    /// What to do, when not fine.
-    pub fix: Option<String>,
-}
 
 impl Fleet {
     /// Checks the credentials and every permission the inputs need.

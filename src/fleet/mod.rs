@@ -119,6 +119,18 @@ impl Address {
     }
 }
 
+/// One line of `doctor`'s AWS report.
+pub struct Check {
+    /// What was checked, e.g. `ec2:DescribeInstances`.
+    pub name: String,
+    /// Whether it is fine.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+    /// What to do, when not fine.
+    pub fix: Option<String>,
+}
+
 /// The validated AWS inputs of a command.
 #[derive(Clone, Debug, Default)]
 #[cfg_attr(not(feature = "aws"), allow(dead_code))]

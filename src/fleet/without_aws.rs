@@ -1,7 +1,7 @@
 //! A build without the `aws` feature (the fuzz targets, lean agent builds):
 //! the same names, and a clear error when an AWS input is given.
 
-use super::FleetSpec;
+use super::{Check, FleetSpec};
 use crate::error::{Error, Result};
 use crate::transport::Host;
 
@@ -13,18 +13,6 @@ pub enum TargetGroups {}
 
 /// One host of a batch: its index in the deploy, its name, its instance id.
 pub type Member<'a> = (usize, &'a Host, &'a str);
-
-/// One line of `doctor`'s AWS report.
-pub struct Check {
-    /// What was checked.
-    pub name: String,
-    /// Whether it is fine.
-    pub ok: bool,
-    /// What was found.
-    pub detail: String,
-    /// What to do.
-    pub fix: Option<String>,
-}
 
 impl Fleet {
     /// Fails when `spec` asks for AWS: this build cannot call it.

@@ -275,3 +275,17 @@ pub fn lean_agent() -> PathBuf {
     })
     .clone()
 }
+
+/// Polls `f` every 100 ms until it is true; false after `timeout`.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
