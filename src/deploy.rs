@@ -241,12 +241,10 @@ fn ship(
     commit_all(activated, outputs, pipeline)
 }
 
-/// Logs each host's load-balancer step and keeps it for the job summary.
+/// Keeps each host's load-balancer step (logged as it happened) for the job summary.
 fn note_steps(outputs: &mut Outputs, steps: Vec<(usize, String)>) {
     for (index, step) in steps {
-        let report = &mut outputs.per_host[index];
-        tracing::info!("{}: {step}", report.host);
-        report.steps.push(step);
+        outputs.per_host[index].steps.push(step);
     }
 }
 

@@ -53,6 +53,17 @@ fn user_of(fleet: &NetFleet) -> String {
     spec.split('@').next().unwrap_or_default().to_owned()
 }
 
+/// Hosts made by `make`, and moto's server seeded with them (tagged [`TAGS`],
+/// registered in a target group that drains for `drain_secs`). Needs root.
+#[track_caller]
+fn lab(make: fn(usize) -> NetFleet, hosts: usize, drain_secs: u32) -> (NetFleet, Moto, Seeded) {
+    crate::support::assert_root("hosts in network namespaces on a bridge");
+    let fleet = make(hosts);
+    let moto = Moto::start();
+    let seeded = moto.seed_fleet(&fleet, TAGS, drain_secs);
+    (fleet, moto, seeded)
+}
+
 /// The calls of the deploy, each run of the same call counted once (polls vary).
 fn calls(moto: &Moto) -> Vec<String> {
     let mut calls = moto.recorded_calls();
@@ -108,10 +119,7 @@ fn check_path(moto: &Moto, seeded: &Seeded, path: &str) {
 #[test]
 #[ignore = "needs root: hosts in network namespaces on a bridge"]
 fn ec2_hosts_deploys_to_every_running_instance_and_names_each_by_its_id() {
-    crate::support::assert_root("hosts in network namespaces on a bridge");
-    let fleet = NetFleet::new(2);
-    let moto = Moto::start();
-    let seeded = moto.seed_fleet(&fleet, TAGS, 1);
+    let (fleet, moto, seeded) = lab(NetFleet::new, 2, 1);
     let app = node_app(fleet.work(), "v1", Behaviour::Healthy);
     let summary = fleet.work().join("summary.md");
     moto.start_recording();
@@ -149,10 +157,7 @@ fn ec2_hosts_deploys_to_every_running_instance_and_names_each_by_its_id() {
 #[test]
 #[ignore = "needs root: hosts in network namespaces on a bridge"]
 fn no_running_instance_matching_is_bad_input_naming_the_filters_and_the_region() {
-    crate::support::assert_root("hosts in network namespaces on a bridge");
-    let fleet = NetFleet::new(1);
-    let moto = Moto::start();
-    moto.seed_fleet(&fleet, TAGS, 1);
+    let (fleet, moto, _) = lab(NetFleet::new, 1, 1);
     let app = node_app(fleet.work(), "v1", Behaviour::Healthy);
     let test = Test::new()
         .args(["deploy", "--release", "r1", "--user", "root"])
@@ -179,10 +184,7 @@ fn deployed_once(fleet: &NetFleet, moto: &Moto) {
 #[test]
 #[ignore = "needs root: hosts in network namespaces on a bridge"]
 fn a_rolling_restart_takes_one_host_at_a_time_out_of_the_load_balancer() {
-    crate::support::assert_root("hosts in network namespaces on a bridge");
-    let fleet = NetFleet::new(2);
-    let moto = Moto::start();
-    let seeded = moto.seed_fleet(&fleet, TAGS, 1);
+    let (fleet, moto, seeded) = lab(NetFleet::new, 2, 1);
     deployed_once(&fleet, &moto);
     let (plain, _, _) = timed(&fleet, &moto, "v1b", &["--rollout", "rolling"]);
     eprintln!("rolling restart of 2 hosts without a target group: {plain:.1} s");
@@ -212,7 +214,7 @@ fn a_rolling_restart_takes_one_host_at_a_time_out_of_the_load_balancer() {
         if seen.last() != Some(&now) {
             seen.push(now);
         }
-        if let Some(ended) = exited(&mut watched) {
+        if let Some(ended) = watched.try_wait() {
             break ended;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -258,10 +260,6 @@ fn a_rolling_restart_takes_one_host_at_a_time_out_of_the_load_balancer() {
     }
 }
 
-fn exited(watched: &mut Watched) -> Option<Ended> {
-    watched.try_wait()
-}
-
 /// `web` of `arn:…:targetgroup/web/73e2d6bc24d8a067`.
 fn group_name(arn: &str) -> &str {
     arn.split("targetgroup/")
@@ -273,10 +271,7 @@ fn group_name(arn: &str) -> &str {
 #[test]
 #[ignore = "needs root: hosts in network namespaces on a bridge"]
 fn a_host_the_load_balancer_never_sees_healthy_fails_and_is_put_back() {
-    crate::support::assert_root("hosts in network namespaces on a bridge");
-    let fleet = NetFleet::new(2);
-    let moto = Moto::start();
-    let seeded = moto.seed_fleet(&fleet, TAGS, 1);
+    let (fleet, moto, seeded) = lab(NetFleet::new, 2, 1);
     let v1 = lb_app(fleet.work(), "v1", true);
     ec2_deploy(&fleet, &moto, &v1, "r1", &[]).success();
     check_path(&moto, &seeded, "/ready");
@@ -317,11 +312,8 @@ fn a_host_the_load_balancer_never_sees_healthy_fails_and_is_put_back() {
 #[test]
 #[ignore = "needs root: hosts in network namespaces on a bridge"]
 fn a_cancelled_deploy_registers_its_hosts_again_and_removes_its_ssh_rule() {
-    crate::support::assert_root("hosts in network namespaces on a bridge");
-    let fleet = NetFleet::new(2);
-    let moto = Moto::start();
     // Targets drain for a minute: the deploy is cancelled while it waits.
-    let seeded = moto.seed_fleet(&fleet, TAGS, 60);
+    let (fleet, moto, seeded) = lab(NetFleet::new, 2, 60);
     deployed_once(&fleet, &moto);
     let v2 = node_app(fleet.work(), "v2", Behaviour::Healthy);
     let tg = seeded.target_group_arn.clone();
@@ -413,10 +405,7 @@ fn answering(body: String) -> String {
 #[test]
 #[ignore = "needs root: hosts in network namespaces on a bridge"]
 fn ssh_ingress_opens_ssh_for_this_runner_during_the_deploy_only() {
-    crate::support::assert_root("hosts in network namespaces on a bridge");
-    let fleet = NetFleet::new(1);
-    let moto = Moto::start();
-    let seeded = moto.seed_fleet(&fleet, TAGS, 1);
+    let (fleet, moto, seeded) = lab(NetFleet::new, 1, 1);
     let sg = seeded.security_group_id.clone();
     // A rule a deploy that died left, and one that is not dropship's.
     for (cidr, description) in [
@@ -495,10 +484,7 @@ const READ_ONLY: &str = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "A
 #[test]
 #[ignore = "needs root: hosts in network namespaces on a bridge"]
 fn a_missing_permission_names_the_call_and_changes_nothing() {
-    crate::support::assert_root("hosts in network namespaces on a bridge");
-    let fleet = NetFleet::new(1);
-    let moto = Moto::start();
-    let seeded = moto.seed_fleet(&fleet, TAGS, 1);
+    let (fleet, moto, seeded) = lab(NetFleet::new, 1, 1);
     deployed_once(&fleet, &moto);
     let keys = moto.enforce_iam(READ_ONLY);
     let v2 = node_app(fleet.work(), "v2", Behaviour::Healthy);
@@ -591,10 +577,7 @@ fn timed(
 #[test]
 #[ignore = "needs root: hosts in network namespaces on a bridge"]
 fn four_hosts_in_batches_of_two_leave_and_rejoin_the_load_balancer_two_at_a_time() {
-    crate::support::assert_root("hosts in network namespaces on a bridge");
-    let fleet = NetFleet::new(4);
-    let moto = Moto::start();
-    let seeded = moto.seed_fleet(&fleet, TAGS, 1);
+    let (fleet, moto, seeded) = lab(NetFleet::new, 4, 1);
     deployed_once(&fleet, &moto);
     let tg = seeded.target_group_arn.clone();
     let rolling = ["--rollout", "rolling", "--batch-size", "2"];
@@ -631,11 +614,8 @@ fn four_hosts_in_batches_of_two_leave_and_rejoin_the_load_balancer_two_at_a_time
 #[test]
 #[ignore = "needs root: hosts in network namespaces on a bridge"]
 fn a_drain_longer_than_drain_timeout_warns_and_the_switch_goes_on() {
-    crate::support::assert_root("hosts in network namespaces on a bridge");
-    let fleet = NetFleet::new(1);
-    let moto = Moto::start();
     // The load balancer would drain for a minute.
-    let seeded = moto.seed_fleet(&fleet, TAGS, 60);
+    let (fleet, moto, seeded) = lab(NetFleet::new, 1, 60);
     deployed_once(&fleet, &moto);
     let tg = seeded.target_group_arn.clone();
     let extra = ["--target-group", &tg, "--drain-timeout", "2"];
@@ -646,9 +626,10 @@ fn a_drain_longer_than_drain_timeout_warns_and_the_switch_goes_on() {
         host.host_spec(),
         seeded.instance_ids[0]
     );
-    assert!(
-        out.stderr.contains(&warning),
-        "no `{warning}` in:\n{}",
+    assert_eq!(
+        out.stderr.matches(&warning).count(),
+        1,
+        "not once `{warning}` in:\n{}",
         out.stderr
     );
     assert!(secs < 30.0, "it waited {secs:.1} s");
@@ -659,10 +640,7 @@ fn a_drain_longer_than_drain_timeout_warns_and_the_switch_goes_on() {
 #[test]
 #[ignore = "needs root: hosts in network namespaces on a bridge"]
 fn blue_green_keeps_hosts_in_the_load_balancer_and_gates_each_batch_on_its_health() {
-    crate::support::assert_root("hosts in network namespaces on a bridge");
-    let fleet = NetFleet::blue_green(2);
-    let moto = Moto::start();
-    let seeded = moto.seed_fleet(&fleet, TAGS, 1);
+    let (fleet, moto, seeded) = lab(NetFleet::blue_green, 2, 1);
     deployed_once(&fleet, &moto);
     let tg = seeded.target_group_arn.clone();
     let (_, calls, out) = timed(

@@ -77,7 +77,7 @@ impl TargetGroups {
     }
 
     /// Takes `batch` out of every group and waits until the load balancer has
-    /// drained it, at most `drain-timeout`. Returns a step per host.
+    /// drained it, at most `drain-timeout`. Returns a step per host (logged).
     pub fn drain(&self, batch: &[Member<'_>]) -> Result<Vec<(usize, String)>> {
         let started = Instant::now();
         for (arn, targets) in &self.members {
@@ -88,18 +88,20 @@ impl TargetGroups {
             state != Some(&TargetHealthStateEnum::Draining)
         })?;
         let secs = started.elapsed().as_secs_f64();
-        let step = match drained {
-            None => format!("left the load balancer and drained in {secs:.1} s"),
-            Some(_) => format!(
-                "left the load balancer; still draining after {secs:.0} s (`drain-timeout`), switched anyway"
+        Ok(match drained {
+            None => each(
+                batch,
+                format!("left the load balancer and drained in {secs:.1} s"),
+                false,
             ),
-        };
-        if drained.is_some() {
-            for (_, host, _) in batch {
-                tracing::warn!("{host}: {step}");
-            }
-        }
-        Ok(batch.iter().map(|(i, _, _)| (*i, step.clone())).collect())
+            Some(_) => each(
+                batch,
+                format!(
+                    "left the load balancer; still draining after {secs:.0} s (`drain-timeout`), switched anyway"
+                ),
+                true,
+            ),
+        })
     }
 
     /// Puts back in every group what [`TargetGroups::drain`] took out of `batch`.
@@ -123,11 +125,12 @@ impl TargetGroups {
             |state: Option<&TargetHealthStateEnum>| state == Some(&TargetHealthStateEnum::Healthy);
         match self.wait(batch, timeout, healthy) {
             Ok(None) => {
-                let step = format!(
-                    "healthy in the load balancer after {:.1} s",
-                    started.elapsed().as_secs_f64()
-                );
-                Ok(batch.iter().map(|(i, _, _)| (*i, step.clone())).collect())
+                let secs = started.elapsed().as_secs_f64();
+                Ok(each(
+                    batch,
+                    format!("healthy in the load balancer after {secs:.1} s"),
+                    false,
+                ))
             }
             Ok(Some(stuck)) => Err((
                 stuck.index,
@@ -185,6 +188,21 @@ impl TargetGroups {
             }
         }
     }
+}
+
+/// `step` for every host of `batch`, logged once each (a warning when `warn`).
+fn each(batch: &[Member<'_>], step: String, warn: bool) -> Vec<(usize, String)> {
+    batch
+        .iter()
+        .map(|(index, host, _)| {
+            if warn {
+                tracing::warn!("{host}: {step}");
+            } else {
+                tracing::info!("{host}: {step}");
+            }
+            (*index, step.clone())
+        })
+        .collect()
 }
 
 /// A target not yet in the state waited for.
