@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::isr::regenerate;
-use crate::support::runtime::{Pm2Home, free_port};
 use crate::support::sshd::Sshd;
 use crate::support::{fixture, nextapp, tree};
-use crate::test::{Test, ssh_args};
+use crate::test::Test;
 
 /// The fixture's photo, resized by the optimizer to a width it allows.
 const IMAGE: &str = "/_next/image?url=%2Fimages%2Fgradient.png&w=256&q=75";
@@ -104,22 +103,9 @@ fn settled_entry(cache: &Path) -> PathBuf {
 
 #[test]
 fn next14_an_optimized_image_is_a_miss_in_the_first_release_and_a_hit_in_the_next() {
-    let app = nextapp::built("next14");
-    let work = tempfile::tempdir().unwrap();
-    let expected = fixture::expected_release(&app, &work.path().join("expected"));
-    let remote = work.path().join("srv/web");
-    let pm2 = Pm2Home::new();
-    let sshd = Sshd::start_with_env(&[("PM2_HOME", &pm2.path_str())]);
-    let port = free_port();
-    let deploy = |release: &str| {
-        Test::new()
-            .args(["deploy", "--release", release, "--app-port"])
-            .arg(port.to_string())
-            .args(["--health-timeout", "60", "--working-directory"])
-            .arg(&app)
-            .args(ssh_args(&sshd, &remote))
-            .success()
-    };
+    let site = nextapp::SshSite::new("next14");
+    let (expected, remote, port) = (&site.expected, &site.remote, site.port);
+    let deploy = |release: &str| site.deploy(release);
     deploy("a");
     let started = Instant::now();
     let first = get(port, IMAGE);

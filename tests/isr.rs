@@ -10,10 +10,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::runtime::{Pm2Home, free_port};
 use crate::support::sshd::Sshd;
 use crate::support::{fixture, nextapp, tree};
-use crate::test::{Output, Test, ssh_args};
+use crate::test::{Output, Test};
 
 const ISR_HTML: &str = ".next/server/app/isr.html";
 
@@ -58,34 +57,21 @@ pub(crate) fn regenerate(port: u16, file: &Path) {
 
 #[test]
 fn next14_isr_rewrites_in_the_live_release_reach_no_other_release() {
-    let app = nextapp::built("next14");
-    let work = tempfile::tempdir().unwrap();
-    let expected = fixture::expected_release(&app, &work.path().join("expected"));
-    let remote = work.path().join("srv/web");
-    let pm2 = Pm2Home::new();
-    let sshd = Sshd::start_with_env(&[("PM2_HOME", &pm2.path_str())]);
-    let port = free_port();
-    let deploy = |release: &str| {
-        Test::new()
-            .args(["deploy", "--release", release, "--app-port"])
-            .arg(port.to_string())
-            .args(["--health-timeout", "60", "--working-directory"])
-            .arg(&app)
-            .args(ssh_args(&sshd, &remote))
-            .success()
-    };
+    let site = nextapp::SshSite::new("next14");
+    let (expected, remote, port) = (&site.expected, &site.remote, site.port);
+    let deploy = |release: &str| site.deploy(release);
     deploy("a");
     // The same build again: every file of `b` is already on the host, in `a`.
     deploy("b");
     regenerate(port, &remote.join("releases/b").join(ISR_HTML));
 
     // The rollback target did not change because `b` ran.
-    tree::assert_same_tree(&expected, &remote.join("releases/a"));
+    tree::assert_same_tree(expected, &remote.join("releases/a"));
     // The next deploy works, and holds the build, not what `b` rendered since.
     deploy("c");
-    tree::assert_same_tree(&expected, &remote.join("releases/c"));
+    tree::assert_same_tree(expected, &remote.join("releases/c"));
     regenerate(port, &remote.join("releases/c").join(ISR_HTML));
-    tree::assert_same_tree(&expected, &remote.join("releases/a"));
+    tree::assert_same_tree(expected, &remote.join("releases/a"));
     assert_ne!(
         fs::read(remote.join("releases/b").join(ISR_HTML)).unwrap(),
         fs::read(remote.join("releases/c").join(ISR_HTML)).unwrap(),

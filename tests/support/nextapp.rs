@@ -178,3 +178,47 @@ fn copy_sources(source: &Path, out: &Path) {
         fs::copy(source.join(&file), &dest).unwrap();
     }
 }
+
+/// A built fixture app deployed over SSH with PM2 (restart, one port), with the
+/// tree its releases must hold. Every part is stopped when it is dropped.
+pub struct SshSite {
+    pub app: PathBuf,
+    /// The release as built (the app's standalone tree minus `*.map`).
+    pub expected: PathBuf,
+    pub remote: PathBuf,
+    pub port: u16,
+    sshd: super::sshd::Sshd,
+    _pm2: super::runtime::Pm2Home,
+    _work: tempfile::TempDir,
+}
+
+impl SshSite {
+    /// The fixture `name`, built once per run, and a fresh sshd and PM2.
+    pub fn new(name: &str) -> SshSite {
+        let app = built(name);
+        let work = tempfile::tempdir().unwrap();
+        let expected = super::fixture::expected_release(&app, &work.path().join("expected"));
+        let pm2 = super::runtime::Pm2Home::new();
+        let sshd = super::sshd::Sshd::start_with_env(&[("PM2_HOME", &pm2.path_str())]);
+        SshSite {
+            app,
+            expected,
+            remote: work.path().join("srv/web"),
+            port: super::runtime::free_port(),
+            sshd,
+            _pm2: pm2,
+            _work: work,
+        }
+    }
+
+    /// Deploys the app as `release`, which must succeed.
+    pub fn deploy(&self, release: &str) -> crate::test::Output {
+        crate::test::Test::new()
+            .args(["deploy", "--release", release, "--app-port"])
+            .arg(self.port.to_string())
+            .args(["--health-timeout", "60", "--working-directory"])
+            .arg(&self.app)
+            .args(crate::test::ssh_args(&self.sshd, &self.remote))
+            .success()
+    }
+}
